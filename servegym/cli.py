@@ -1,0 +1,120 @@
+"""The ``servegym`` command line.
+
+``servegym simulate`` runs a scenario (a shipped one by name, or a YAML file) with
+optional ``key=value`` overrides and prints its KPI table; ``--out DIR`` also writes the
+telemetry: request records and interval metrics (CSV or Parquet), replica lifecycles,
+incidents, KPIs as JSON, the resolved scenario, and spans in the Chrome trace format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import yaml
+
+from servegym import __version__
+from servegym.sim.config import ConfigError, ScenarioConfig, apply_overrides, load_scenario, scenario_to_dict
+from servegym.sim.platform import Platform
+from servegym.sim.telemetry import format_kpi_table, intervals_to_columns, write_chrome_trace, write_table
+from servegym.sim.workload import TraceError
+
+__all__ = ["main", "write_telemetry"]
+
+
+def write_telemetry(platform: Platform, out: Path, fmt: str = "csv", max_spans: int = 20_000) -> list[Path]:
+    """Write everything a run recorded into directory ``out``; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    cols = platform.requests.frame(platform.arrived)
+    written = [
+        write_table(cols, out / f"requests.{fmt}"),
+        write_table(intervals_to_columns(platform.intervals, platform.level_names), out / f"intervals.{fmt}"),
+    ]
+    replicas = {
+        name: [getattr(r, name) for r in platform.pool.replicas]
+        for name in ("id", "provision_s", "ready_s", "drain_s", "stop_s", "state")
+    }
+    written.append(write_table(replicas, out / "replicas.csv"))
+    incidents = out / "incidents.json"
+    incidents.write_text(json.dumps([asdict(i) for i in platform.incidents], indent=2))
+    written.append(incidents)
+    kpis = out / "kpis.json"
+    kpis.write_text(json.dumps(_json_safe(platform.kpis()), indent=2))
+    written.append(kpis)
+    scenario = out / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump(scenario_to_dict(platform.scenario), sort_keys=False))
+    written.append(scenario)
+    written.append(
+        write_chrome_trace(
+            cols,
+            platform.pool.replicas,
+            platform.incidents,
+            [b.name for b in platform.backends],
+            platform.level_names,
+            out / "trace.json",
+            platform.now,
+            max_spans,
+        )
+    )
+    return written
+
+
+def _json_safe(kpis: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    return {scope: {k: (None if math.isnan(v) else v) for k, v in row.items()} for scope, row in kpis.items()}
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    scenario: ScenarioConfig = load_scenario(args.scenario)
+    scenario = apply_overrides(scenario, args.overrides)
+    if args.seed is not None:
+        scenario = replace(scenario, seed=args.seed)
+    if args.duration is not None:
+        scenario = apply_overrides(scenario, [f"duration_s={args.duration}"])
+    start = time.perf_counter()
+    platform = Platform(scenario)
+    kpis = platform.run()
+    elapsed = time.perf_counter() - start
+    print(
+        f"scenario {scenario.name!r}, seed {scenario.seed}: {scenario.duration_s:g} simulated s, "
+        f"{platform.arrived} requests in {elapsed:.2f} s wall ({platform.arrived / elapsed:,.0f} requests/s)"
+    )
+    print(format_kpi_table(kpis, platform.level_names))
+    if args.out is not None:
+        files = write_telemetry(platform, Path(args.out), args.format, args.max_spans)
+        print(f"telemetry written to {args.out}: " + ", ".join(p.name for p in files))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``servegym`` console script."""
+    parser = argparse.ArgumentParser(prog="servegym", description="Simulate and optimise an LLM agent-serving platform.")
+    parser.add_argument("--version", action="version", version=f"servegym {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser(
+        "simulate",
+        help="run a scenario and print its KPI table",
+        description="Run a scenario and print its KPIs. Overrides are dotted keys, e.g. workload.rate_rps=30 "
+        "backends.0.capability=0.5 (values are YAML).",
+    )
+    sim.add_argument("--scenario", default="default", help="a shipped scenario name or a path to a YAML file")
+    sim.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    sim.add_argument("--duration", type=float, default=None, help="override the simulated duration in seconds")
+    sim.add_argument("--out", default=None, help="write telemetry into this directory")
+    sim.add_argument("--format", choices=("csv", "parquet"), default="csv", help="format of request and interval tables")
+    sim.add_argument("--max-spans", type=int, default=20_000, help="requests written to trace.json")
+    sim.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    try:
+        return _simulate(args)
+    except (ConfigError, TraceError) as exc:
+        print(f"servegym: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

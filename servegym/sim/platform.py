@@ -1,0 +1,604 @@
+"""The platform: wires workload, caches, pool and backends into one request lifecycle.
+
+A request's story::
+
+    arrive -> exact tiers (fastest first) -> semantic tier -> hit: answered after the
+    lookup latency | miss: join the pool queue -> get a slot -> routing decision ->
+    call a backend -> on success, admission decision -> write into the caches
+
+Decision points call a :class:`Controller`: ``route`` per request, ``admit`` per cache
+write, ``scale`` and ``semantic_threshold`` per control interval. A controller may
+answer :data:`DEFER` instead of an action: the platform then parks the decision in
+:attr:`Platform.pending`, and :meth:`Platform.step_to_decision` /
+:meth:`Platform.resolve` let a Gymnasium environment pause the simulation at the
+decision and resume it when its agent acts. Simulated time does not move in between.
+
+The per-request path avoids SimPy processes: each arrival, cache answer and backend
+call is one timeout event with a callback, and request attributes live in columnar
+lists indexed by request id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import numpy as np
+import simpy
+
+from servegym.sim.backends import FAILED_ERROR as BACKEND_ERROR
+from servegym.sim.backends import OK, Backend
+from servegym.sim.cache import ExactTier, SemanticTier
+from servegym.sim.config import ControlConfig, ScenarioConfig
+from servegym.sim.faults import schedule_faults
+from servegym.sim.pool import Pool
+from servegym.sim.random import Streams
+from servegym.sim.telemetry import (
+    COMPLETED,
+    DROPPED_QUEUE_FULL,
+    DROPPED_QUEUE_TIMEOUT,
+    FAILED_ERROR,
+    FAILED_TIMEOUT,
+    Incident,
+    IntervalMetrics,
+    Requests,
+    compute_kpis,
+)
+from servegym.sim.workload import RequestBatch, Trace, Workload
+
+__all__ = ["ADMIT_NONE", "DEFER", "BuiltinController", "Controller", "Decision", "Platform"]
+
+
+class _Defer:
+    def __repr__(self) -> str:
+        return "DEFER"
+
+
+DEFER: Final[Any] = _Defer()
+"""Returned by a controller to postpone a decision until :meth:`Platform.resolve`."""
+
+ADMIT_NONE: Final = -1
+"""Admission answer that stores nothing. Any other answer ``L`` writes levels ``L..``."""
+
+
+class Controller(Protocol):
+    """Answers the platform's decision points. Each method may return :data:`DEFER`."""
+
+    def route(self, platform: Platform, request: int) -> int:
+        """Index of the backend that serves ``request`` (it holds a pool slot now)."""
+
+    def admit(self, platform: Platform, request: int) -> int:
+        """The fastest cache level to write ``request``'s answer into, or :data:`ADMIT_NONE`.
+
+        Levels are the exact tiers in order, then the semantic tier; writes are
+        inclusive, so level ``L`` also fills every slower level.
+        """
+
+    def scale(self, platform: Platform, metrics: IntervalMetrics) -> int | None:
+        """Desired replicas after this interval, or ``None`` to leave the pool alone."""
+
+    def semantic_threshold(self, platform: Platform, metrics: IntervalMetrics) -> float | None:
+        """New cosine-similarity threshold of the semantic tier, or ``None`` to keep it."""
+
+
+class BuiltinController:
+    """The simulator's own simple rules, chosen by :class:`ControlConfig`.
+
+    Routing: round robin, uniform random, cheapest (lowest output price) or strongest
+    (highest capability). Scaling: static, or the proportional target-utilisation rule
+    ``ceil(ready * utilisation / target)`` that the Kubernetes HPA is built on (without
+    HPA's tolerance and stabilisation; see ``servegym.policies`` for the full HPA).
+    Admission: everything, into every level. Threshold: as configured.
+    """
+
+    def __init__(self, control: ControlConfig, scenario: ScenarioConfig, rng: np.random.Generator) -> None:
+        self.control = control
+        self.rng = rng
+        self.n_backends = len(scenario.backends)
+        self._next = 0
+        self.cheapest = min(range(self.n_backends), key=lambda b: scenario.backends[b].usd_per_mtok_out)
+        self.strongest = max(range(self.n_backends), key=lambda b: scenario.backends[b].capability)
+
+    def route(self, platform: Platform, request: int) -> int:
+        rule = self.control.routing
+        if rule == "round_robin":
+            b = self._next
+            self._next = (b + 1) % self.n_backends
+            return b
+        if rule == "random":
+            return int(self.rng.integers(self.n_backends))
+        return self.cheapest if rule == "cheapest" else self.strongest
+
+    def admit(self, platform: Platform, request: int) -> int:
+        return 0
+
+    def scale(self, platform: Platform, metrics: IntervalMetrics) -> int | None:
+        if self.control.scaling == "static":
+            return None
+        if metrics.ready_replicas == 0:
+            return max(1, metrics.target_replicas) if metrics.queue_len or metrics.arrivals else None
+        # The small epsilon keeps 4 * 0.7 / 0.7 from rounding up to 5.
+        return math.ceil(metrics.ready_replicas * metrics.utilisation / self.control.target_utilisation - 1e-9)
+
+    def semantic_threshold(self, platform: Platform, metrics: IntervalMetrics) -> float | None:
+        return None
+
+
+@dataclass
+class Decision:
+    """A deferred decision: ``kind`` is ``route``, ``admit``, ``scale`` or ``threshold``.
+
+    ``request`` is the request id (``-1`` for interval decisions); ``metrics`` the
+    interval's metrics (``None`` for per-request decisions).
+    """
+
+    kind: str
+    request: int
+    metrics: IntervalMetrics | None
+    event: simpy.Event | None = None
+
+
+class Platform:
+    """One simulated platform run for a scenario, a seed and a controller.
+
+    >>> from servegym.sim.config import ScenarioConfig
+    >>> p = Platform(ScenarioConfig(duration_s=60.0))
+    >>> kpis = p.run()
+    >>> kpis["all"]["requests"] == p.arrived
+    True
+    """
+
+    def __init__(
+        self,
+        scenario: ScenarioConfig,
+        controller: Controller | None = None,
+        *,
+        seed: int | None = None,
+        trace: Trace | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        self.streams = Streams(self.seed)
+        self.env = simpy.Environment()
+        self.controller: Controller = controller or BuiltinController(scenario.control, scenario, self.streams["controller"])
+        self.workload = Workload(scenario.workload, self.streams, trace)
+        self.backends = [Backend(b) for b in scenario.backends]
+        self.tiers = [ExactTier(t) for t in scenario.cache.tiers]
+        sem = scenario.cache.semantic
+        self.semantic = (
+            SemanticTier(sem, [t.weight for t in scenario.workload.tenants], scenario.workload.embedding_dim)
+            if sem.enabled
+            else None
+        )
+        self.level_names = [t.name for t in self.tiers] + (["semantic"] if self.semantic else [])
+        self.n_levels = len(self.level_names)
+        self.pool = Pool(scenario.pool, self.env, self.streams["cold_start"], self._dispatch)
+        self.requests = Requests()
+        self.incidents: list[Incident] = []
+        self.intervals: list[IntervalMetrics] = []
+        self.pending: deque[Decision] = deque()
+        self._promote = scenario.cache.promote_on_hit
+        # Per exact tier: (level, tier, its store's get, lookup latency up to and including it).
+        reached = np.cumsum([0.0] + [t.latency_s for t in self.tiers]).tolist()
+        self._lookups = [(k, t, t.store.get, reached[k + 1]) for k, t in enumerate(self.tiers)]
+        self._miss_latency_s = reached[-1] + (self.semantic.latency_s if self.semantic is not None else 0.0)
+        self._embeddings = self.workload.embeddings
+        self._parked_admits = 0
+        self._failing: dict[int, int] = {}  # calls in progress that will fail: request -> status
+        tenants = scenario.workload.tenants
+        sizes = [t.n_intents * t.n_variants for t in tenants]
+        self._key_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._n_variants = np.array([t.n_variants for t in tenants], dtype=np.int64)
+
+        self.arrived = 0
+        self.completed = 0
+        self.dropped = 0
+        self.hits_in_flight = 0
+        self.calls_in_flight = 0
+        self.entering = 0
+        self.token_usd = 0.0
+        self.hits = [0] * self.n_levels
+        self.false_hits = 0
+        self._latencies: list[float] = []  # of requests completed in the current interval
+        self._iv = _IntervalStart(self)
+
+        self._batches: Iterator[RequestBatch] = self.workload.batches(scenario.duration_s)
+        self._next = 0
+        self._loaded = 0
+        tiers: dict[str, ExactTier | SemanticTier] = {t.name: t for t in self.tiers}
+        if self.semantic is not None:
+            tiers["semantic"] = self.semantic
+        schedule_faults(self.env, scenario.faults, self.backends, tiers, self.incidents)
+        if scenario.cache.warm_top_intents:
+            self._warm(scenario.cache.warm_top_intents)
+        self._schedule_arrival()
+        self.env.process(self._control())
+
+    # -- time ----------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        """Simulated time in seconds."""
+        return float(self.env.now)
+
+    def run(self, until: float | None = None) -> dict[str, dict[str, float]]:
+        """Run to ``until`` (default: the scenario's end) with a controller that never defers."""
+        end = self.scenario.duration_s if until is None else until
+        if self.env.now < end:
+            self.env.run(until=end)
+        if self.pending:
+            raise RuntimeError(
+                f"{len(self.pending)} decisions are waiting: a controller returned DEFER; "
+                "drive the platform with step_to_decision() and resolve() instead of run()"
+            )
+        return self.kpis()
+
+    def step_to_decision(self, until: float | None = None) -> Decision | None:
+        """Advance until a deferred decision waits (returned) or time ``until`` is reached (None)."""
+        end = self.scenario.duration_s if until is None else until
+        env = self.env
+        while not self.pending:
+            if env.peek() > end:
+                if env.now < end:
+                    env.run(until=end)
+                return None
+            env.step()
+        return self.pending[0]
+
+    def resolve(self, decision: Decision, action: Any) -> None:
+        """Carry out ``action`` for the oldest pending ``decision`` and continue its story."""
+        if not self.pending or self.pending[0] is not decision:
+            raise ValueError("resolve() must answer the oldest pending decision, the one step_to_decision() returned")
+        self.pending.popleft()
+        if decision.kind == "route":
+            self._call(decision.request, self._check_backend(action))
+        elif decision.kind == "admit":
+            self._parked_admits -= 1
+            self._insert(decision.request, self._check_level(action))
+        else:
+            assert decision.event is not None
+            decision.event.succeed(action)
+
+    # -- arrivals and caches ---------------------------------------------------------------
+    def _load_batch(self) -> bool:
+        batch = next(self._batches, None)
+        if batch is None:
+            return False
+        keys = self._key_offset[batch.tenant] + batch.intent * self._n_variants[batch.tenant] + batch.variant
+        self.requests.extend(batch, keys)
+        self._loaded += len(batch)
+        return True
+
+    def _schedule_arrival(self) -> None:
+        if self._next >= self._loaded and not self._load_batch():
+            return
+        delay = self.requests.arrival_s[self._next] - self.env.now
+        self.env.timeout(delay if delay > 0 else 0.0).callbacks.append(self._on_arrival)
+
+    def _on_arrival(self, _event: simpy.Event) -> None:
+        i = self._next
+        self._next = i + 1
+        self._schedule_arrival()
+        self.arrived += 1
+        now = self.env.now
+        R = self.requests
+        key = R.key[i]
+        for level, tier, get, latency in self._lookups:
+            if tier.down:
+                continue
+            entry = get(key)
+            if entry is not None:
+                if entry[3] <= now:
+                    tier.expire(key, now)
+                    continue
+                if self._promote:
+                    for upper in self.tiers[:level]:
+                        if not upper.down:
+                            upper.put(key, entry[:3] + (now + upper.ttl_s,), now)
+                R.source_tenant[i] = entry[0]
+                R.good[i] = entry[2]
+                R.hit_level[i] = level
+                self.hits[level] += 1
+                self.hits_in_flight += 1
+                self.env.timeout(latency, i).callbacks.append(self._on_cache_answer)
+                return
+        latency = self._miss_latency_s
+        sem = self.semantic
+        if sem is not None:
+            if not sem.down:
+                tenant = R.tenant[i]
+                intent = R.intent[i]
+                row = sem.lookup(tenant, self._embeddings[tenant][intent, R.variant[i]], now)
+                if row >= 0:
+                    false_hit = sem.intent[tenant][row] != intent
+                    R.source_tenant[i] = tenant
+                    R.false_hit[i] = false_hit
+                    R.good[i] = sem.good[tenant][row] and not false_hit
+                    self.false_hits += false_hit
+                    R.hit_level[i] = level = self.n_levels - 1
+                    self.hits[level] += 1
+                    self.hits_in_flight += 1
+                    self.env.timeout(latency, i).callbacks.append(self._on_cache_answer)
+                    return
+        R.lookup_s[i] = latency
+        self.entering += 1
+        if latency > 0:
+            self.env.timeout(latency, i).callbacks.append(self._on_enter_pool)
+        else:
+            self._enter_pool(i)
+
+    def _on_cache_answer(self, event: simpy.Event) -> None:
+        self.hits_in_flight -= 1
+        self._complete(event._value)
+
+    def _insert(self, i: int, level: int) -> None:
+        """Write request ``i``'s answer into cache levels ``level`` and slower."""
+        if level == ADMIT_NONE:
+            return
+        R = self.requests
+        now = self.env.now
+        tenant = R.tenant[i]
+        intent = R.intent[i]
+        good = R.good[i]
+        key = R.key[i]
+        for tier in self.tiers[level:]:
+            if not tier.down:
+                tier.put(key, (tenant, intent, good, now + tier.ttl_s), now)
+        sem = self.semantic
+        if sem is not None and not sem.down:
+            sem.put(tenant, key, self._embeddings[tenant][intent, R.variant[i]], intent, good, now)
+
+    def _warm(self, top: int) -> None:
+        """Pre-populate each tenant's ``top`` most popular intents (first phrasing) at time 0.
+
+        The warmer's answers come from the strongest backend, offline: they cost nothing
+        at run time and are good with that backend's probability.
+        """
+        strongest = max(self.backends, key=lambda b: b.cfg.capability)
+        rng = self.streams["warmer"]
+        for tenant, cat in enumerate(self.workload.catalogues):
+            for intent in range(min(top, cat.cfg.n_intents)):
+                good = bool(rng.random() < strongest.p_good(float(cat.difficulty[intent])))
+                key = int(self._key_offset[tenant]) + intent * cat.cfg.n_variants
+                for tier in self.tiers:
+                    tier.put(key, (tenant, intent, good, tier.ttl_s), 0.0)
+                if self.semantic is not None:
+                    self.semantic.put(tenant, key, cat.embeddings[intent, 0], intent, good, 0.0)
+
+    # -- pool and backends -------------------------------------------------------------------
+    def _on_enter_pool(self, event: simpy.Event) -> None:
+        self._enter_pool(event._value)
+
+    def _enter_pool(self, i: int) -> None:
+        self.entering -= 1
+        pool = self.pool
+        self._expire_queue()
+        if pool.free and not pool.queue:
+            self._start(i)
+        elif len(pool.queue) >= pool.cfg.max_queue:
+            self._drop(i, DROPPED_QUEUE_FULL, self.env.now)
+        else:
+            self.requests.enqueue_s[i] = self.env.now
+            pool.queue.append(i)
+
+    def _expire_queue(self) -> None:
+        """Drop queued requests whose wait reached the timeout (FIFO: they are at the head)."""
+        queue = self.pool.queue
+        if not queue:
+            return
+        timeout = self.pool.cfg.queue_timeout_s
+        now = self.env.now
+        enqueue_s = self.requests.enqueue_s
+        while queue and enqueue_s[queue[0]] + timeout <= now:
+            i = queue.popleft()
+            self._drop(i, DROPPED_QUEUE_TIMEOUT, enqueue_s[i] + timeout)
+
+    def _dispatch(self) -> None:
+        """Fill free slots from the queue (after a completion or a replica becoming ready)."""
+        pool = self.pool
+        if not pool.queue:
+            return
+        self._expire_queue()
+        while pool.free and pool.queue:
+            self._start(pool.queue.popleft())
+
+    def _start(self, i: int) -> None:
+        R = self.requests
+        R.replica[i] = self.pool.acquire()
+        now = self.env.now
+        R.start_s[i] = now
+        if R.enqueue_s[i] != R.enqueue_s[i]:  # nan: it never waited
+            R.enqueue_s[i] = now
+        self.calls_in_flight += 1
+        b = self.controller.route(self, i)
+        if b is DEFER:
+            self.pending.append(Decision("route", i, None))
+            return
+        self._call(i, self._check_backend(b))
+
+    def _check_backend(self, b: Any) -> int:
+        if isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < len(self.backends):
+            return int(b)
+        raise ValueError(f"route action {b!r} is invalid: must be a backend index in 0..{len(self.backends) - 1}")
+
+    def _check_level(self, level: Any) -> int:
+        if isinstance(level, (int, np.integer)) and not isinstance(level, bool) and ADMIT_NONE <= level < self.n_levels:
+            return int(level)
+        raise ValueError(f"admit action {level!r} is invalid: must be -1 (none) or a cache level in 0..{self.n_levels - 1}")
+
+    def _call(self, i: int, b: int) -> None:
+        R = self.requests
+        backend = self.backends[b]
+        backend.busy += 1
+        R.backend[i] = b
+        duration, status, tokens_in, tokens_out = backend.call(
+            R.prompt_tokens[i], R.output_tokens[i], R.u_service[i], R.z_service[i], R.u_failure[i]
+        )
+        R.tokens_in[i] = tokens_in
+        R.tokens_out[i] = tokens_out
+        if status != OK:
+            self._failing[i] = status
+        self.env.timeout(duration, i).callbacks.append(self._on_call_done)
+
+    def _on_call_done(self, event: simpy.Event) -> None:
+        i = event._value
+        R = self.requests
+        backend = self.backends[R.backend[i]]
+        backend.busy -= 1
+        self.calls_in_flight -= 1
+        self.pool.release(R.replica[i])
+        cost = backend.cost_usd(R.tokens_in[i], R.tokens_out[i])
+        R.cost_usd[i] = cost
+        self.token_usd += cost
+        status = self._failing.pop(i, OK) if self._failing else OK
+        if status == OK:
+            R.good[i] = R.u_quality[i] < backend.p_good(R.difficulty[i])
+            self._complete(i)
+            if self.n_levels:
+                level = self.controller.admit(self, i)
+                if level is DEFER:
+                    self._parked_admits += 1
+                    self.pending.append(Decision("admit", i, None))
+                else:
+                    self._insert(i, self._check_level(level))
+        else:
+            self._drop(i, FAILED_ERROR if status == BACKEND_ERROR else FAILED_TIMEOUT, self.env.now)
+        self._dispatch()
+
+    # -- outcomes --------------------------------------------------------------------------------
+    def _complete(self, i: int) -> None:
+        R = self.requests
+        now = self.env.now
+        R.outcome[i] = COMPLETED
+        R.end_s[i] = now
+        self.completed += 1
+        self._latencies.append(now - R.arrival_s[i])
+
+    def _drop(self, i: int, outcome: int, at: float) -> None:
+        R = self.requests
+        R.outcome[i] = outcome
+        R.end_s[i] = at
+        self.dropped += 1
+
+    def in_flight(self) -> int:
+        """Requests arrived but not finished, counted from where they are (not by subtraction)."""
+        self._expire_queue()
+        return self.entering + self.hits_in_flight + len(self.pool.queue) + self.calls_in_flight
+
+    # -- control interval ------------------------------------------------------------------
+    def _control(self) -> Generator[simpy.Event, Any, None]:
+        interval = self.scenario.control.interval_s
+        while True:
+            yield self.env.timeout(interval)
+            metrics = self._close_interval(interval)
+            target = self.controller.scale(self, metrics)
+            if target is DEFER:
+                target = yield self._defer("scale", metrics)
+            if target is not None:
+                self.pool.scale_to(self._check_replicas(target))
+            if self.semantic is not None:
+                threshold = self.controller.semantic_threshold(self, metrics)
+                if threshold is DEFER:
+                    threshold = yield self._defer("threshold", metrics)
+                if threshold is not None:
+                    self.semantic.threshold = self._check_threshold(threshold)
+
+    def _defer(self, kind: str, metrics: IntervalMetrics) -> simpy.Event:
+        event = self.env.event()
+        self.pending.append(Decision(kind, -1, metrics, event))
+        return event
+
+    def _check_replicas(self, target: Any) -> int:
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool) and target >= 0:
+            return int(target)
+        raise ValueError(f"scale action {target!r} is invalid: must be a replica count >= 0 (bounds are applied)")
+
+    def _check_threshold(self, threshold: Any) -> float:
+        if isinstance(threshold, (int, float, np.floating)) and 0.0 < threshold <= 1.0:
+            return float(threshold)
+        raise ValueError(f"semantic threshold {threshold!r} is invalid: must be in (0, 1]")
+
+    def _close_interval(self, interval: float) -> IntervalMetrics:
+        pool = self.pool
+        self._expire_queue()
+        pool.integrate()
+        start, end = self._iv, _IntervalStart(self)
+        busy_area, capacity_area = end.busy_area - start.busy_area, end.capacity_area - start.capacity_area
+        lat = np.asarray(self._latencies)
+        self._latencies = []
+        arrivals = end.arrived - start.arrived
+        hits = tuple(b - a for a, b in zip(start.hits, end.hits))
+        metrics = IntervalMetrics(
+            time_s=self.now,
+            interval_s=interval,
+            arrivals=arrivals,
+            arrival_rate_rps=arrivals / interval,
+            completed=end.completed - start.completed,
+            dropped=end.dropped - start.dropped,
+            queue_len=len(pool.queue),
+            busy_slots=pool.busy,
+            utilisation=busy_area / capacity_area if capacity_area > 0 else (1.0 if pool.queue else 0.0),
+            ready_replicas=pool.ready,
+            provisioning_replicas=pool.provisioning,
+            draining_replicas=pool.draining,
+            target_replicas=pool.target,
+            latency_mean_s=float(lat.mean()) if len(lat) else math.nan,
+            latency_p50_s=float(np.percentile(lat, 50)) if len(lat) else math.nan,
+            latency_p95_s=float(np.percentile(lat, 95)) if len(lat) else math.nan,
+            hits=hits,
+            false_hits=end.false_hits - start.false_hits,
+            hit_rate=sum(hits) / arrivals if arrivals else 0.0,
+            cost_usd=end.cost_usd - start.cost_usd,
+            semantic_threshold=self.semantic.threshold if self.semantic is not None else math.nan,
+        )
+        self.intervals.append(metrics)
+        self._iv = end
+        return metrics
+
+    # -- results ------------------------------------------------------------------------------
+    def storage_usd(self) -> float:
+        """Cache storage billed so far, all tiers."""
+        now = self.now
+        total = sum(t.storage_usd(now) for t in self.tiers)
+        return total + (self.semantic.storage_usd(now) if self.semantic is not None else 0.0)
+
+    def replica_usd(self) -> float:
+        """Replica time billed so far."""
+        return self.pool.replica_seconds() * self.pool.cfg.usd_per_replica_hour / 3600.0
+
+    def cost_usd(self) -> float:
+        """Everything billed so far: replicas, tokens and cache storage."""
+        return self.replica_usd() + self.token_usd + self.storage_usd()
+
+    def kpis(self) -> dict[str, dict[str, float]]:
+        """KPIs of the run so far, overall (``"all"``) and per tenant."""
+        self._expire_queue()
+        tenants = self.scenario.workload.tenants
+        return compute_kpis(
+            self.requests.frame(self.arrived),
+            tenant_names=[t.name for t in tenants],
+            tenant_slo_s=[t.slo_latency_s for t in tenants],
+            level_names=self.level_names,
+            duration_s=max(self.now, 1e-9),
+            replica_usd=self.replica_usd(),
+            storage_usd=self.storage_usd(),
+            replica_seconds=self.pool.replica_seconds(),
+        )
+
+
+class _IntervalStart:
+    """Running totals at the start of an interval; an interval's figures are differences."""
+
+    __slots__ = ("arrived", "busy_area", "capacity_area", "completed", "cost_usd", "dropped", "false_hits", "hits")
+
+    def __init__(self, platform: Platform) -> None:
+        self.arrived = platform.arrived
+        self.completed = platform.completed
+        self.dropped = platform.dropped
+        self.hits = list(platform.hits)
+        self.false_hits = platform.false_hits
+        self.busy_area = platform.pool.busy_area
+        self.capacity_area = platform.pool.capacity_area
+        self.cost_usd = platform.replica_usd() + platform.token_usd

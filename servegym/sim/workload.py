@@ -1,0 +1,320 @@
+"""What arrives and when: arrival processes, tenants, intents, token lengths, trace replay.
+
+Every attribute of a request is drawn at arrival, in numpy batches, from its own named
+stream, and none depends on what any policy decides. Two policies run with the same
+seed therefore see the same requests, in the same order, at the same times.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from scipy.special import ndtri
+
+from servegym.sim.config import TenantConfig, WorkloadConfig
+from servegym.sim.random import Streams
+
+__all__ = ["RequestBatch", "Trace", "TraceError", "Workload", "read_trace"]
+
+BATCH = 4_096
+
+
+class TraceError(ValueError):
+    """A trace file cannot be replayed; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A replayable trace: arrival offsets in seconds from its first request, and tokens."""
+
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+def _parse_tokens(raw: str, column: str, where: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TraceError(f"{where}: {column} {raw!r} is not an integer") from None
+    if value < 0:
+        raise TraceError(f"{where}: {column} {value} is negative")
+    return value
+
+
+def read_trace(path: str | Path, schema: str = "azure") -> Trace:
+    """Read a request trace from CSV.
+
+    ``azure``: the schema of the Azure LLM inference traces,
+    ``TIMESTAMP,ContextTokens,GeneratedTokens`` with ISO timestamps.
+    ``plain``: ``time_s,prompt_tokens,output_tokens`` with seconds since the start
+    (a header line is optional). Rows must be in time order; a malformed row raises
+    :class:`TraceError` with its line number.
+    """
+    path = Path(path)
+    if schema not in ("azure", "plain"):
+        raise TraceError(f"trace schema {schema!r} is unknown: must be azure or plain")
+    if not path.exists():
+        raise TraceError(f"trace file {path} does not exist")
+    times: list[float] = []
+    prompts: list[int] = []
+    outputs: list[int] = []
+    origin: datetime | None = None
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        for row in reader:
+            line = reader.line_num
+            where = f"{path}, line {line}"
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if line == 1:
+                header = [c.strip() for c in row]
+                if schema == "azure":
+                    if header != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
+                        raise TraceError(
+                            f"{where}: header {row} is not the Azure schema TIMESTAMP,ContextTokens,GeneratedTokens"
+                        )
+                    continue
+                if header == ["time_s", "prompt_tokens", "output_tokens"]:
+                    continue
+            if len(row) != 3:
+                raise TraceError(f"{where}: expected 3 fields, found {len(row)}: {row}")
+            stamp, prompt, output = (cell.strip() for cell in row)
+            if schema == "azure":
+                try:
+                    moment = datetime.fromisoformat(stamp)
+                except ValueError:
+                    raise TraceError(f"{where}: TIMESTAMP {stamp!r} is not an ISO date and time") from None
+                if origin is None:
+                    origin = moment
+                t = (moment - origin).total_seconds()
+                columns = ("ContextTokens", "GeneratedTokens")
+            else:
+                try:
+                    t = float(stamp)
+                except ValueError:
+                    raise TraceError(f"{where}: time_s {stamp!r} is not a number") from None
+                if not math.isfinite(t) or t < 0:
+                    raise TraceError(f"{where}: time_s {stamp!r} must be a finite number >= 0")
+                columns = ("prompt_tokens", "output_tokens")
+            if times and t < times[-1]:
+                raise TraceError(f"{where}: time goes backwards ({t:.6f} s after {times[-1]:.6f} s); sort the trace")
+            times.append(t)
+            prompts.append(_parse_tokens(prompt, columns[0], where))
+            outputs.append(_parse_tokens(output, columns[1], where))
+    if not times:
+        raise TraceError(f"{path}: the trace has no requests")
+    arrival = np.asarray(times, dtype=np.float64)
+    if schema == "plain":
+        arrival -= arrival[0]
+    return Trace(arrival, np.asarray(prompts, dtype=np.int64), np.asarray(outputs, dtype=np.int64))
+
+
+@dataclass
+class RequestBatch:
+    """Consecutive requests as columns. ``intent`` is the tenant-local intent index."""
+
+    arrival_s: np.ndarray
+    tenant: np.ndarray
+    intent: np.ndarray
+    variant: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    difficulty: np.ndarray
+    u_service: np.ndarray
+    z_service: np.ndarray
+    u_quality: np.ndarray
+    u_failure: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+class _TenantCatalogue:
+    """A tenant's intents: Zipf popularity, difficulty and embeddings of every phrasing.
+
+    A catalogue is a pure function of its configuration and the seed, and read-only, so
+    :func:`_catalogue` shares it between platforms (an environment resets many times).
+    """
+
+    def __init__(self, cfg: TenantConfig, index: int, wl: WorkloadConfig, streams: Streams) -> None:
+        self.cfg = cfg
+        ranks = np.arange(1, cfg.n_intents + 1, dtype=np.float64)
+        weights = ranks ** (-cfg.zipf_s)
+        self.cdf = np.cumsum(weights / weights.sum())
+        self.cdf[-1] = 1.0
+        catalogue = streams[f"catalogue/{index}"]
+        self.difficulty = catalogue.beta(cfg.difficulty_a, cfg.difficulty_b, cfg.n_intents)
+        d = wl.embedding_dim
+        n_topics = -(-cfg.n_intents // wl.intents_per_topic)
+        topics = _unit(catalogue.standard_normal((n_topics, d)))
+        topic_of = np.arange(cfg.n_intents) // wl.intents_per_topic
+        centroids = _unit(topics[topic_of] + wl.intent_spread * catalogue.standard_normal((cfg.n_intents, d)) / math.sqrt(d))
+        noise = catalogue.standard_normal((cfg.n_intents, cfg.n_variants, d)) / math.sqrt(d)
+        self.embeddings = _unit(centroids[:, None, :] + wl.phrasing_noise * noise).astype(np.float32)
+        for array in (self.cdf, self.difficulty, self.embeddings):
+            array.setflags(write=False)
+
+    def intents(self, u: np.ndarray, arrival_s: np.ndarray) -> np.ndarray:
+        """Map uniforms to intents through the Zipf law, rotated by popularity drift."""
+        rank = np.searchsorted(self.cdf, u, side="right")
+        np.minimum(rank, self.cfg.n_intents - 1, out=rank)
+        if self.cfg.drift_every_s is not None:
+            epoch = np.floor(arrival_s / self.cfg.drift_every_s).astype(np.int64)
+            rank = (rank + epoch * self.cfg.drift_shift) % self.cfg.n_intents
+        return rank
+
+
+@functools.lru_cache(maxsize=16)
+def _catalogue(cfg: TenantConfig, index: int, wl: WorkloadConfig, seed: int) -> _TenantCatalogue:
+    return _TenantCatalogue(cfg, index, wl, Streams(seed))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class Workload:
+    """The request stream of a scenario, generated lazily in batches.
+
+    ``batches(duration_s)`` yields :class:`RequestBatch` objects whose arrival times are
+    increasing and below ``duration_s``; ``embeddings[tenant][intent, variant]`` is the
+    unit embedding of a phrasing.
+    """
+
+    def __init__(self, cfg: WorkloadConfig, streams: Streams, trace: Trace | None = None) -> None:
+        self.cfg = cfg
+        self.streams = streams
+        # Only the embedding parameters matter to a catalogue; keying on them shares it across rates.
+        key = dataclasses.replace(cfg, kind="poisson", trace_path=None, flash_crowds=(), rate_rps=1.0)
+        self.catalogues = [_catalogue(t, i, key, streams.seed) for i, t in enumerate(cfg.tenants)]
+        self.embeddings = [c.embeddings for c in self.catalogues]
+        shares = np.array([t.weight for t in cfg.tenants], dtype=np.float64)
+        self.tenant_cdf = np.cumsum(shares / shares.sum())
+        self.tenant_cdf[-1] = 1.0
+        if cfg.kind == "trace" and trace is None:
+            assert cfg.trace_path is not None
+            trace = read_trace(cfg.trace_path, cfg.trace_schema)
+        self.trace = trace
+        self._mmpp_switch_s: np.ndarray | None = None
+
+    # -- arrival times ---------------------------------------------------------------
+    def rate_at(self, t: np.ndarray) -> np.ndarray:
+        """The instantaneous arrival rate (requests/s) of the Poisson-family processes."""
+        cfg = self.cfg
+        if cfg.kind == "diurnal":
+            rate = cfg.rate_rps * (1 + cfg.amplitude * np.cos(2 * np.pi * (t - cfg.peak_s) / cfg.period_s))
+        elif cfg.kind == "mmpp":
+            assert self._mmpp_switch_s is not None
+            bursting = np.searchsorted(self._mmpp_switch_s, t, side="right") % 2 == 1
+            rate = np.where(bursting, cfg.burst_rate_rps, cfg.rate_rps)
+        else:
+            rate = np.full_like(t, cfg.rate_rps, dtype=np.float64)
+        for flash in cfg.flash_crowds:
+            inside = (t >= flash.start_s) & (t < flash.start_s + flash.duration_s)
+            rate = np.where(inside, rate * flash.multiplier, rate)
+        return np.asarray(rate, dtype=np.float64)
+
+    def _mmpp_switches(self, duration_s: float) -> np.ndarray:
+        """Times at which the two-state chain switches (calm first)."""
+        rng = self.streams["mmpp"]
+        switches: list[float] = []
+        t, bursting = 0.0, False
+        while t < duration_s:
+            t += rng.exponential(self.cfg.mean_burst_s if bursting else self.cfg.mean_calm_s)
+            switches.append(t)
+            bursting = not bursting
+        return np.asarray(switches)
+
+    def _arrival_times(self, duration_s: float) -> Iterator[np.ndarray]:
+        cfg = self.cfg
+        if cfg.kind == "trace":
+            assert self.trace is not None
+            times = self.trace.arrival_s / cfg.trace_speedup
+            times = times[times < duration_s]
+            for start in range(0, len(times), BATCH):
+                yield times[start : start + BATCH]
+            return
+        rng = self.streams["arrivals"]
+        t = 0.0
+        if cfg.kind == "gamma":
+            shape = 1.0 / cfg.cv**2
+            scale = 1.0 / (cfg.rate_rps * shape)
+            while t < duration_s:
+                times = t + np.cumsum(rng.gamma(shape, scale, BATCH))
+                t = float(times[-1])
+                yield times[times < duration_s]
+            return
+        if cfg.kind == "mmpp":
+            self._mmpp_switch_s = self._mmpp_switches(duration_s)
+        homogeneous = cfg.kind == "poisson" and not cfg.flash_crowds
+        peak = cfg.peak_rate_rps()
+        while t < duration_s:
+            # Lewis-Shedler thinning: candidates at the peak rate, kept with prob rate(t)/peak.
+            times = t + np.cumsum(rng.exponential(1.0 / peak, BATCH))
+            t = float(times[-1])
+            if not homogeneous:
+                keep = rng.random(BATCH) * peak < self.rate_at(times)
+                times = times[keep]
+            yield times[times < duration_s]
+
+    # -- request attributes ------------------------------------------------------------
+    def batches(self, duration_s: float) -> Iterator[RequestBatch]:
+        """Yield the scenario's requests in arrival order, in batches."""
+        s = self.streams
+        offset = 0
+        for arrival in self._arrival_times(duration_s):
+            n = len(arrival)
+            if n == 0:
+                continue
+            tenant = np.searchsorted(self.tenant_cdf, s["tenant"].random(n), side="right")
+            np.minimum(tenant, len(self.catalogues) - 1, out=tenant)
+            u_intent = s["intent"].random(n)
+            u_variant = s["variant"].random(n)
+            z_prompt = s["prompt_tokens"].standard_normal(n)
+            z_output = s["output_tokens"].standard_normal(n)
+            intent = np.empty(n, dtype=np.int64)
+            variant = np.empty(n, dtype=np.int64)
+            prompt = np.empty(n, dtype=np.int64)
+            output = np.empty(n, dtype=np.int64)
+            difficulty = np.empty(n, dtype=np.float64)
+            for k, cat in enumerate(self.catalogues):
+                m = tenant == k
+                if not m.any():
+                    continue
+                tok = cat.cfg.tokens
+                intent[m] = cat.intents(u_intent[m], arrival[m])
+                variant[m] = np.minimum((u_variant[m] * cat.cfg.n_variants).astype(np.int64), cat.cfg.n_variants - 1)
+                prompt[m] = np.clip(np.rint(np.exp(tok.prompt_mu + tok.prompt_sigma * z_prompt[m])), 1, tok.max_prompt_tokens)
+                output[m] = np.clip(np.rint(np.exp(tok.output_mu + tok.output_sigma * z_output[m])), 1, tok.max_output_tokens)
+                difficulty[m] = cat.difficulty[intent[m]]
+            if self.trace is not None:
+                idx = slice(offset, offset + n)
+                prompt = self.trace.prompt_tokens[idx].copy()
+                output = np.maximum(self.trace.output_tokens[idx], 1)
+            offset += n
+            u_service = s["service"].random(n)
+            yield RequestBatch(
+                arrival_s=arrival,
+                tenant=tenant,
+                intent=intent,
+                variant=variant,
+                prompt_tokens=prompt,
+                output_tokens=output,
+                difficulty=difficulty,
+                u_service=u_service,
+                z_service=ndtri(u_service),
+                u_quality=s["quality"].random(n),
+                u_failure=s["failure"].random(n),
+            )
