@@ -80,12 +80,15 @@ def main() -> None:
         ours.append(rate)
         builds.append(build_s)
         ref.append(mmc_requests_per_s(n))
-    ratios = [a / b for a, b in zip(ours, ref)]
+    ratios = [a / b for a, b in zip(ours, ref, strict=True)]
     print(f"scenario {args.scenario!r}: {n} requests per run, {args.repeats} repeats (medians)")
     print(f"  platform (full scenario):        {statistics.median(ours):>10,.0f} simulated requests/s")
     print(f"  plain SimPy M/M/8 (Resource):    {statistics.median(ref):>10,.0f} simulated requests/s")
     print(f"  ratio platform / M/M/c:          {statistics.median(ratios):>10.2f}   (target >= 0.5)")
-    print(f"  first build (intent catalogues): {platform_build[2]:>10.3f} s; later builds {statistics.median(builds):.4f} s")
+    print(
+        f"  first build (intent catalogues): {platform_build[2]:>10.3f} s; "
+        f"later builds {statistics.median(builds):.4f} s"
+    )
 
 
 if __name__ == "__main__":

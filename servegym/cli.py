@@ -92,7 +92,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``servegym`` console script."""
-    parser = argparse.ArgumentParser(prog="servegym", description="Simulate and optimise an LLM agent-serving platform.")
+    parser = argparse.ArgumentParser(
+        prog="servegym", description="Simulate and optimise an LLM agent-serving platform."
+    )
     parser.add_argument("--version", action="version", version=f"servegym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser(
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     sim.add_argument("--duration", type=float, default=None, help="override the simulated duration in seconds")
     sim.add_argument("--out", default=None, help="write telemetry into this directory")
-    sim.add_argument("--format", choices=("csv", "parquet"), default="csv", help="format of request and interval tables")
+    sim.add_argument(
+        "--format", choices=("csv", "parquet"), default="csv", help="format of request and interval tables"
+    )
     sim.add_argument("--max-spans", type=int, default=20_000, help="requests written to trace.json")
     sim.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)

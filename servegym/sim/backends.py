@@ -12,7 +12,7 @@ import math
 
 from servegym.sim.config import BackendConfig
 
-__all__ = ["Backend", "CallResult", "OK", "FAILED_ERROR", "FAILED_TIMEOUT"]
+__all__ = ["FAILED_ERROR", "FAILED_TIMEOUT", "OK", "Backend", "CallResult"]
 
 OK = 0
 FAILED_ERROR = 1

@@ -235,9 +235,8 @@ class S3FIFOStore:
                 if self._freq[key] > 0:
                     self._freq[key] = 0
                     self._main[key] = None
-                    if len(self._main) > self.capacity - self._small_cap or not self._small:
-                        if self._evict_main():
-                            return
+                    if (len(self._main) > self.capacity - self._small_cap or not self._small) and self._evict_main():
+                        return
                 else:
                     self._drop(key)
                     self._ghost[key] = None

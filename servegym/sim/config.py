@@ -580,7 +580,8 @@ def scenario_to_dict(scenario: ScenarioConfig) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return typing.cast(dict[str, Any], dataclasses.asdict(scenario, dict_factory=lambda kv: {k: plain(v) for k, v in kv}))
+    result: dict[str, Any] = dataclasses.asdict(scenario, dict_factory=lambda kv: {k: plain(v) for k, v in kv})
+    return result
 
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "conf" / "scenario"

@@ -163,7 +163,9 @@ class Platform:
         self.seed = scenario.seed if seed is None else seed
         self.streams = Streams(self.seed)
         self.env = simpy.Environment()
-        self.controller: Controller = controller or BuiltinController(scenario.control, scenario, self.streams["controller"])
+        self.controller: Controller = controller or BuiltinController(
+            scenario.control, scenario, self.streams["controller"]
+        )
         self.workload = Workload(scenario.workload, self.streams, trace)
         self.backends = [Backend(b) for b in scenario.backends]
         self.tiers = [ExactTier(t) for t in scenario.cache.tiers]
@@ -296,7 +298,7 @@ class Platform:
                 if self._promote:
                     for upper in self.tiers[:level]:
                         if not upper.down:
-                            upper.put(key, entry[:3] + (now + upper.ttl_s,), now)
+                            upper.put(key, (*entry[:3], now + upper.ttl_s), now)
                 R.source_tenant[i] = entry[0]
                 R.good[i] = entry[2]
                 R.hit_level[i] = level
@@ -306,22 +308,21 @@ class Platform:
                 return
         latency = self._miss_latency_s
         sem = self.semantic
-        if sem is not None:
-            if not sem.down:
-                tenant = R.tenant[i]
-                intent = R.intent[i]
-                row = sem.lookup(tenant, self._embeddings[tenant][intent, R.variant[i]], now)
-                if row >= 0:
-                    false_hit = sem.intent[tenant][row] != intent
-                    R.source_tenant[i] = tenant
-                    R.false_hit[i] = false_hit
-                    R.good[i] = sem.good[tenant][row] and not false_hit
-                    self.false_hits += false_hit
-                    R.hit_level[i] = level = self.n_levels - 1
-                    self.hits[level] += 1
-                    self.hits_in_flight += 1
-                    self.env.timeout(latency, i).callbacks.append(self._on_cache_answer)
-                    return
+        if sem is not None and not sem.down:
+            tenant = R.tenant[i]
+            intent = R.intent[i]
+            row = sem.lookup(tenant, self._embeddings[tenant][intent, R.variant[i]], now)
+            if row >= 0:
+                false_hit = sem.intent[tenant][row] != intent
+                R.source_tenant[i] = tenant
+                R.false_hit[i] = false_hit
+                R.good[i] = sem.good[tenant][row] and not false_hit
+                self.false_hits += false_hit
+                R.hit_level[i] = level = self.n_levels - 1
+                self.hits[level] += 1
+                self.hits_in_flight += 1
+                self.env.timeout(latency, i).callbacks.append(self._on_cache_answer)
+                return
         R.lookup_s[i] = latency
         self.entering += 1
         if latency > 0:
@@ -426,7 +427,9 @@ class Platform:
     def _check_level(self, level: Any) -> int:
         if isinstance(level, (int, np.integer)) and not isinstance(level, bool) and ADMIT_NONE <= level < self.n_levels:
             return int(level)
-        raise ValueError(f"admit action {level!r} is invalid: must be -1 (none) or a cache level in 0..{self.n_levels - 1}")
+        raise ValueError(
+            f"admit action {level!r} is invalid: must be -1 (none) or a cache level in 0..{self.n_levels - 1}"
+        )
 
     def _call(self, i: int, b: int) -> None:
         R = self.requests
@@ -529,7 +532,7 @@ class Platform:
         lat = np.asarray(self._latencies)
         self._latencies = []
         arrivals = end.arrived - start.arrived
-        hits = tuple(b - a for a, b in zip(start.hits, end.hits))
+        hits = tuple(b - a for a, b in zip(start.hits, end.hits, strict=True))
         metrics = IntervalMetrics(
             time_s=self.now,
             interval_s=interval,

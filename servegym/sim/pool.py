@@ -19,7 +19,7 @@ import simpy
 
 from servegym.sim.config import PoolConfig
 
-__all__ = ["DRAINING", "PROVISIONING", "Pool", "READY", "Replica", "STOPPED"]
+__all__ = ["DRAINING", "PROVISIONING", "READY", "STOPPED", "Pool", "Replica"]
 
 PROVISIONING = "provisioning"
 READY = "ready"
@@ -43,7 +43,9 @@ class Replica:
 class Pool:
     """Replicas x slots behind a bounded queue; see the module docstring."""
 
-    def __init__(self, cfg: PoolConfig, env: simpy.Environment, rng: np.random.Generator, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self, cfg: PoolConfig, env: simpy.Environment, rng: np.random.Generator, on_ready: Callable[[], None]
+    ) -> None:
         self.cfg = cfg
         self.env = env
         self.rng = rng
@@ -152,7 +154,7 @@ class Pool:
         return float(self.rng.gamma(shape, mean / shape))
 
     def _on_cold_start_done(self, event: simpy.Event) -> None:
-        rep = self.replicas[event.value]
+        rep = self.replicas[event._value]
         if rep.state != PROVISIONING:
             return  # cancelled while starting
         self._integrate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,9 +300,15 @@ def format_kpi_table(kpis: dict[str, dict[str, float]], level_names: list[str]) 
     header = ["scope"] + [label for _, label, _ in _TABLE_COLUMNS]
     rows = [header]
     for scope, values in kpis.items():
-        rows.append([scope] + [fmt.format(values[key]) if not math.isnan(values[key]) else "-" for key, _, fmt in _TABLE_COLUMNS])
+        rows.append(
+            [scope]
+            + [fmt.format(values[key]) if not math.isnan(values[key]) else "-" for key, _, fmt in _TABLE_COLUMNS]
+        )
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     total = kpis["all"]
     lines.append("")
@@ -316,7 +323,7 @@ def format_kpi_table(kpis: dict[str, dict[str, float]], level_names: list[str]) 
     return "\n".join(lines)
 
 
-def write_table(columns: dict[str, np.ndarray], path: Path) -> Path:
+def write_table(columns: Mapping[str, np.ndarray | list[Any]], path: Path) -> Path:
     """Write columns as CSV or Parquet, chosen by the file suffix."""
     if path.suffix == ".parquet":
         import pyarrow as pa
@@ -330,7 +337,7 @@ def write_table(columns: dict[str, np.ndarray], path: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(names)
-        writer.writerows(zip(*(np.asarray(columns[n]).tolist() for n in names)))
+        writer.writerows(zip(*(np.asarray(columns[n]).tolist() for n in names), strict=True))
     return path
 
 
@@ -392,12 +399,24 @@ def write_chrome_trace(
         stop = rep.stop_s if not math.isnan(rep.stop_s) else end_s
         ready = rep.ready_s if not math.isnan(rep.ready_s) else stop
         drain = rep.drain_s if not math.isnan(rep.drain_s) else stop
-        for name, a, b in (("cold start", rep.provision_s, ready), ("serving", ready, drain), ("draining", drain, stop)):
+        for name, a, b in (
+            ("cold start", rep.provision_s, ready),
+            ("serving", ready, drain),
+            ("draining", drain, stop),
+        ):
             if b > a:
                 events.append({"ph": "X", "name": name, "pid": 2, "tid": rep.id, "ts": a * us, "dur": (b - a) * us})
     for k, inc in enumerate(incidents):
         events.append(
-            {"ph": "X", "name": f"{inc.kind} {inc.target}", "pid": 3, "tid": k, "ts": inc.start_s * us, "dur": (inc.end_s - inc.start_s) * us, "args": asdict(inc)}
+            {
+                "ph": "X",
+                "name": f"{inc.kind} {inc.target}",
+                "pid": 3,
+                "tid": k,
+                "ts": inc.start_s * us,
+                "dur": (inc.end_s - inc.start_s) * us,
+                "args": asdict(inc),
+            }
         )
     path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
     return path

@@ -160,7 +160,9 @@ class _TenantCatalogue:
         n_topics = -(-cfg.n_intents // wl.intents_per_topic)
         topics = _unit(catalogue.standard_normal((n_topics, d)))
         topic_of = np.arange(cfg.n_intents) // wl.intents_per_topic
-        centroids = _unit(topics[topic_of] + wl.intent_spread * catalogue.standard_normal((cfg.n_intents, d)) / math.sqrt(d))
+        centroids = _unit(
+            topics[topic_of] + wl.intent_spread * catalogue.standard_normal((cfg.n_intents, d)) / math.sqrt(d)
+        )
         noise = catalogue.standard_normal((cfg.n_intents, cfg.n_variants, d)) / math.sqrt(d)
         self.embeddings = _unit(centroids[:, None, :] + wl.phrasing_noise * noise).astype(np.float32)
         for array in (self.cdf, self.difficulty, self.embeddings):
@@ -182,7 +184,8 @@ def _catalogue(cfg: TenantConfig, index: int, wl: WorkloadConfig, seed: int) -> 
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    unit: np.ndarray = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    return unit
 
 
 class Workload:
@@ -296,8 +299,12 @@ class Workload:
                 tok = cat.cfg.tokens
                 intent[m] = cat.intents(u_intent[m], arrival[m])
                 variant[m] = np.minimum((u_variant[m] * cat.cfg.n_variants).astype(np.int64), cat.cfg.n_variants - 1)
-                prompt[m] = np.clip(np.rint(np.exp(tok.prompt_mu + tok.prompt_sigma * z_prompt[m])), 1, tok.max_prompt_tokens)
-                output[m] = np.clip(np.rint(np.exp(tok.output_mu + tok.output_sigma * z_output[m])), 1, tok.max_output_tokens)
+                prompt[m] = np.clip(
+                    np.rint(np.exp(tok.prompt_mu + tok.prompt_sigma * z_prompt[m])), 1, tok.max_prompt_tokens
+                )
+                output[m] = np.clip(
+                    np.rint(np.exp(tok.output_mu + tok.output_sigma * z_output[m])), 1, tok.max_output_tokens
+                )
                 difficulty[m] = cat.difficulty[intent[m]]
             if self.trace is not None:
                 idx = slice(offset, offset + n)
