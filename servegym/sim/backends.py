@@ -69,7 +69,3 @@ class Backend:
             generated = 0 if ttft >= cfg.timeout_s or tpot <= 0 else int((cfg.timeout_s - ttft) / tpot)
             return (cfg.timeout_s, FAILED_TIMEOUT, prompt_tokens, min(generated, output_tokens))
         return (duration, OK, prompt_tokens, output_tokens)
-
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
-        """Token cost of a call."""
-        return input_tokens * self.usd_in + output_tokens * self.usd_out

@@ -320,22 +320,23 @@ class ExactTier:
     def expire(self, key: int, now: float) -> None:
         """Remove an entry whose TTL has passed."""
         if self.billed:
-            self._account(now)
+            self.account(now)
         self.store.discard(key)
 
     def put(self, key: int, entry: Entry, now: float) -> None:
         """Store ``entry`` (its expiry already set by the caller)."""
         if self.billed:
-            self._account(now)
+            self.account(now)
         self.store.put(key, entry)
 
-    def _account(self, now: float) -> None:
+    def account(self, now: float) -> None:
+        """Integrate occupancy up to ``now`` (call before every change in size)."""
         self.entry_seconds += len(self.store) * (now - self._last_t)
         self._last_t = now
 
     def storage_usd(self, now: float) -> float:
         """Storage billed up to ``now``."""
-        self._account(now)
+        self.account(now)
         return self.entry_seconds * self.cfg.usd_per_entry_hour / 3600.0
 
     def __len__(self) -> int:
@@ -401,7 +402,7 @@ class SemanticTier:
         if row is None:
             free = self.free[tenant]
             if self.billed:
-                self._account(now)
+                self.account(now)
             if free:
                 row = free.pop()
                 self.size += 1
@@ -421,7 +422,7 @@ class SemanticTier:
 
     def _remove(self, tenant: int, row: int, now: float) -> None:
         if self.billed:
-            self._account(now)
+            self.account(now)
         self.size -= 1
         del self.row_of[tenant][self.key_of[tenant][row]]
         del self.recency[tenant][row]
@@ -431,11 +432,12 @@ class SemanticTier:
         self.expires[tenant][row] = math.inf
         self.free[tenant].append(row)
 
-    def _account(self, now: float) -> None:
+    def account(self, now: float) -> None:
+        """Integrate occupancy up to ``now`` (call before every change in size)."""
         self.entry_seconds += self.size * (now - self._last_t)
         self._last_t = now
 
     def storage_usd(self, now: float) -> float:
         """Storage billed up to ``now``."""
-        self._account(now)
+        self.account(now)
         return self.entry_seconds * self.cfg.usd_per_entry_hour / 3600.0

@@ -183,6 +183,7 @@ class Platform:
         self.intervals: list[IntervalMetrics] = []
         self.pending: deque[Decision] = deque()
         self._promote = scenario.cache.promote_on_hit
+        self._n_backends = len(self.backends)
         # Per exact tier: (level, tier, its store's get, lookup latency up to and including it).
         reached = np.cumsum([0.0] + [t.latency_s for t in self.tiers]).tolist()
         self._lookups = [(k, t, t.store.get, reached[k + 1]) for k, t in enumerate(self.tiers)]
@@ -346,7 +347,9 @@ class Platform:
         key = R.key[i]
         for tier in self.tiers[level:]:
             if not tier.down:
-                tier.put(key, (tenant, intent, good, now + tier.ttl_s), now)
+                if tier.billed:
+                    tier.account(now)
+                tier.store.put(key, (tenant, intent, good, now + tier.ttl_s))
         sem = self.semantic
         if sem is not None and not sem.down:
             sem.put(tenant, key, self._embeddings[tenant][intent, R.variant[i]], intent, good, now)
@@ -417,7 +420,8 @@ class Platform:
         if b is DEFER:
             self.pending.append(Decision("route", i, None))
             return
-        self._call(i, self._check_backend(b))
+        # Fast path for plain ints in range; anything else gets the full check and its error.
+        self._call(i, b if type(b) is int and 0 <= b < self._n_backends else self._check_backend(b))
 
     def _check_backend(self, b: Any) -> int:
         if isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 0 <= b < len(self.backends):
@@ -452,7 +456,7 @@ class Platform:
         backend.busy -= 1
         self.calls_in_flight -= 1
         self.pool.release(R.replica[i])
-        cost = backend.cost_usd(R.tokens_in[i], R.tokens_out[i])
+        cost = R.tokens_in[i] * backend.usd_in + R.tokens_out[i] * backend.usd_out
         R.cost_usd[i] = cost
         self.token_usd += cost
         status = self._failing.pop(i, OK) if self._failing else OK
@@ -465,7 +469,7 @@ class Platform:
                     self._parked_admits += 1
                     self.pending.append(Decision("admit", i, None))
                 else:
-                    self._insert(i, self._check_level(level))
+                    self._insert(i, level if type(level) is int and 0 <= level < self.n_levels else self._check_level(level))
         else:
             self._drop(i, FAILED_ERROR if status == BACKEND_ERROR else FAILED_TIMEOUT, self.env.now)
         self._dispatch()
