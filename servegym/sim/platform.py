@@ -175,7 +175,7 @@ class Platform:
             if sem.enabled
             else None
         )
-        self.level_names = [t.name for t in self.tiers] + (["semantic"] if self.semantic else [])
+        self.level_names = [t.name for t in self.tiers] + (["semantic"] if self.semantic is not None else [])
         self.n_levels = len(self.level_names)
         self.pool = Pool(scenario.pool, self.env, self.streams["cold_start"], self._dispatch)
         self.requests = Requests()
@@ -205,6 +205,9 @@ class Platform:
         self.token_usd = 0.0
         self.hits = [0] * self.n_levels
         self.false_hits = 0
+        self.slo_violations = 0  # finished requests that missed their tenant's SLO (drops included)
+        self.good_answers = 0
+        self._slo_s = [t.slo_latency_s for t in scenario.workload.tenants]
         self._latencies: list[float] = []  # of requests completed in the current interval
         self._iv = _IntervalStart(self)
 
@@ -469,7 +472,8 @@ class Platform:
                     self._parked_admits += 1
                     self.pending.append(Decision("admit", i, None))
                 else:
-                    self._insert(i, level if type(level) is int and 0 <= level < self.n_levels else self._check_level(level))
+                    ok = type(level) is int and 0 <= level < self.n_levels
+                    self._insert(i, level if ok else self._check_level(level))
         else:
             self._drop(i, FAILED_ERROR if status == BACKEND_ERROR else FAILED_TIMEOUT, self.env.now)
         self._dispatch()
@@ -481,13 +485,19 @@ class Platform:
         R.outcome[i] = COMPLETED
         R.end_s[i] = now
         self.completed += 1
-        self._latencies.append(now - R.arrival_s[i])
+        latency = now - R.arrival_s[i]
+        self._latencies.append(latency)
+        if latency > self._slo_s[R.tenant[i]]:
+            self.slo_violations += 1
+        if R.good[i]:
+            self.good_answers += 1
 
     def _drop(self, i: int, outcome: int, at: float) -> None:
         R = self.requests
         R.outcome[i] = outcome
         R.end_s[i] = at
         self.dropped += 1
+        self.slo_violations += 1
 
     def in_flight(self) -> int:
         """Requests arrived but not finished, counted from where they are (not by subtraction)."""
@@ -544,6 +554,8 @@ class Platform:
             arrival_rate_rps=arrivals / interval,
             completed=end.completed - start.completed,
             dropped=end.dropped - start.dropped,
+            slo_violations=end.slo_violations - start.slo_violations,
+            good_answers=end.good_answers - start.good_answers,
             queue_len=len(pool.queue),
             busy_slots=pool.busy,
             utilisation=busy_area / capacity_area if capacity_area > 0 else (1.0 if pool.queue else 0.0),
@@ -598,12 +610,25 @@ class Platform:
 class _IntervalStart:
     """Running totals at the start of an interval; an interval's figures are differences."""
 
-    __slots__ = ("arrived", "busy_area", "capacity_area", "completed", "cost_usd", "dropped", "false_hits", "hits")
+    __slots__ = (
+        "arrived",
+        "busy_area",
+        "capacity_area",
+        "completed",
+        "cost_usd",
+        "dropped",
+        "false_hits",
+        "good_answers",
+        "hits",
+        "slo_violations",
+    )
 
     def __init__(self, platform: Platform) -> None:
         self.arrived = platform.arrived
         self.completed = platform.completed
         self.dropped = platform.dropped
+        self.slo_violations = platform.slo_violations
+        self.good_answers = platform.good_answers
         self.hits = list(platform.hits)
         self.false_hits = platform.false_hits
         self.busy_area = platform.pool.busy_area

@@ -171,6 +171,8 @@ class IntervalMetrics:
     Latency figures are over requests completed in the interval (``nan`` when none);
     ``utilisation`` is time-averaged busy slots over slots of ready and draining replicas.
     ``hits`` counts hits per level (exact tiers, then the semantic tier).
+    ``slo_violations`` counts requests finished in the interval that missed their tenant's
+    SLO (drops and failures included); ``good_answers`` completed requests answered well.
     """
 
     time_s: float
@@ -179,6 +181,8 @@ class IntervalMetrics:
     arrival_rate_rps: float
     completed: int
     dropped: int
+    slo_violations: int
+    good_answers: int
     queue_len: int
     busy_slots: int
     utilisation: float
