@@ -1,0 +1,1 @@
+"""Gymnasium environments over the simulator's decision points (registered on import)."""

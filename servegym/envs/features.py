@@ -1,0 +1,208 @@
+"""Observation features shared by the environments and the policy-to-controller adapter.
+
+Each decision has one feature layout, built by one function from the platform's state,
+so a policy sees the same vector whether it acts inside a Gymnasium loop or directly as
+the simulator's controller. Feature names are part of the interface: policies look
+features up by name (``layout.index["utilisation"]``), never by hard-coded position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from servegym.sim.platform import Platform
+from servegym.sim.telemetry import IntervalMetrics
+
+__all__ = [
+    "KeyStats",
+    "Layout",
+    "admission_features",
+    "admission_layout",
+    "interval_features",
+    "interval_layout",
+    "routing_features",
+    "routing_layout",
+]
+
+_INF = np.float32(np.inf)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names and bounds of an observation vector, in order."""
+
+    names: tuple[str, ...]
+    low: np.ndarray
+    high: np.ndarray
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {n: i for i, n in enumerate(self.names)})
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _layout(spec: list[tuple[str, float, float]]) -> Layout:
+    return Layout(
+        tuple(n for n, _, _ in spec),
+        np.array([lo for _, lo, _ in spec], dtype=np.float32),
+        np.array([hi for _, _, hi in spec], dtype=np.float32),
+    )
+
+
+def interval_layout(platform_max_replicas: int) -> Layout:
+    """Features of a control interval (scaling and threshold decisions).
+
+    Latencies are 0 when nothing completed in the interval; ``time_of_day_*`` encode the
+    simulated time modulo 24 h on the unit circle.
+    """
+    r = float(platform_max_replicas)
+    return _layout(
+        [
+            ("arrival_rate_rps", 0.0, _INF),
+            ("queue_len", 0.0, _INF),
+            ("utilisation", 0.0, 1.0),
+            ("ready_replicas", 0.0, r),
+            ("provisioning_replicas", 0.0, r),
+            ("draining_replicas", 0.0, _INF),
+            ("target_replicas", 0.0, r),
+            ("latency_p50_s", 0.0, _INF),
+            ("latency_p95_s", 0.0, _INF),
+            ("slo_violation_rate", 0.0, 1.0),
+            ("hit_rate", 0.0, 1.0),
+            ("semantic_threshold", 0.0, 1.0),
+            ("time_of_day_sin", -1.0, 1.0),
+            ("time_of_day_cos", -1.0, 1.0),
+        ]
+    )
+
+
+def interval_features(m: IntervalMetrics) -> np.ndarray:
+    """The interval layout's vector for one interval's metrics."""
+    finished = m.completed + m.dropped
+    angle = 2.0 * math.pi * (m.time_s % 86_400.0) / 86_400.0
+    return np.array(
+        [
+            m.arrival_rate_rps,
+            m.queue_len,
+            min(max(m.utilisation, 0.0), 1.0),
+            m.ready_replicas,
+            m.provisioning_replicas,
+            m.draining_replicas,
+            m.target_replicas,
+            0.0 if math.isnan(m.latency_p50_s) else m.latency_p50_s,
+            0.0 if math.isnan(m.latency_p95_s) else m.latency_p95_s,
+            min(m.slo_violations / finished, 1.0) if finished else 0.0,
+            min(m.hit_rate, 1.0),
+            0.0 if math.isnan(m.semantic_threshold) else m.semantic_threshold,
+            math.sin(angle),
+            math.cos(angle),
+        ],
+        dtype=np.float32,
+    )
+
+
+def routing_layout(platform: Platform) -> Layout:
+    """Features of a routing decision: the request, then one block per backend.
+
+    ``busy_<b>`` counts calls in progress on backend ``b``; ``capability_<b>`` and
+    ``usd_per_mtok_out_<b>`` are its published capability and output price.
+    """
+    spec: list[tuple[str, float, float]] = [(f"tenant_{t.name}", 0.0, 1.0) for t in platform.scenario.workload.tenants]
+    spec += [("log_prompt_tokens", 0.0, _INF), ("difficulty", 0.0, 1.0), ("queue_len", 0.0, _INF)]
+    for b in platform.backends:
+        spec += [(f"busy_{b.name}", 0.0, _INF), (f"capability_{b.name}", 0.0, 1.0), (f"usd_per_mtok_out_{b.name}", 0.0, _INF)]
+    return _layout(spec)
+
+
+def routing_features(platform: Platform, request: int) -> np.ndarray:
+    """The routing layout's vector for ``request`` (which holds a pool slot now)."""
+    R = platform.requests
+    n_tenants = len(platform.scenario.workload.tenants)
+    out = np.zeros(n_tenants + 3 + 3 * len(platform.backends), dtype=np.float32)
+    out[R.tenant[request]] = 1.0
+    out[n_tenants] = math.log1p(R.prompt_tokens[request])
+    out[n_tenants + 1] = R.difficulty[request]
+    out[n_tenants + 2] = len(platform.pool.queue)
+    k = n_tenants + 3
+    for b in platform.backends:
+        out[k] = b.busy
+        out[k + 1] = b.cfg.capability
+        out[k + 2] = b.cfg.usd_per_mtok_out
+        k += 3
+    return out
+
+
+def admission_layout(platform: Platform) -> Layout:
+    """Features of an admission decision (writing a fresh answer into the caches).
+
+    ``key_requests`` counts earlier arrivals of the same phrasing (tenant, intent,
+    variant) and ``log_key_age_s`` the log of seconds since its previous arrival (a large
+    value when never seen): the frequency and recency signals of admission policies.
+    ``fill_<level>`` is each cache level's occupancy as a fraction of its capacity.
+    """
+    spec: list[tuple[str, float, float]] = [(f"tenant_{t.name}", 0.0, 1.0) for t in platform.scenario.workload.tenants]
+    spec += [
+        ("log_prompt_tokens", 0.0, _INF),
+        ("log_output_tokens", 0.0, _INF),
+        ("difficulty", 0.0, 1.0),
+        ("good_answer", 0.0, 1.0),
+        ("key_requests", 0.0, _INF),
+        ("log_key_age_s", 0.0, _INF),
+    ]
+    spec += [(f"fill_{name}", 0.0, 1.0) for name in platform.level_names]
+    return _layout(spec)
+
+
+NEVER_SEEN_AGE_S = 1e7
+
+
+def admission_features(platform: Platform, request: int, key_requests: int, key_age_s: float) -> np.ndarray:
+    """The admission layout's vector; the caller tracks the key's frequency and age."""
+    R = platform.requests
+    n_tenants = len(platform.scenario.workload.tenants)
+    fills = [len(t.store) / t.cfg.capacity for t in platform.tiers]
+    if platform.semantic is not None:
+        fills.append(len(platform.semantic) / platform.semantic.cfg.capacity)
+    out = np.zeros(n_tenants + 6 + len(fills), dtype=np.float32)
+    out[R.tenant[request]] = 1.0
+    out[n_tenants : n_tenants + 6] = (
+        math.log1p(R.prompt_tokens[request]),
+        math.log1p(R.output_tokens[request]),
+        R.difficulty[request],
+        float(R.good[request]),
+        key_requests,
+        math.log1p(min(key_age_s, NEVER_SEEN_AGE_S)),
+    )
+    out[n_tenants + 6 :] = fills
+    return out
+
+
+class KeyStats:
+    """Frequency and recency of each phrasing among arrivals so far, updated incrementally.
+
+    ``observe(platform)`` consumes the arrivals since its last call (amortised O(1) per
+    request); ``of(key, now)`` gives (arrivals of ``key`` so far, seconds since the latest).
+    """
+
+    def __init__(self) -> None:
+        self.count: dict[int, int] = {}
+        self.last_s: dict[int, float] = {}
+        self.seen = 0
+
+    def observe(self, platform: Platform) -> None:
+        R = platform.requests
+        count, last_s = self.count, self.last_s
+        for j in range(self.seen, platform.arrived):
+            key = R.key[j]
+            count[key] = count.get(key, 0) + 1
+            last_s[key] = R.arrival_s[j]
+        self.seen = platform.arrived
+
+    def of(self, key: int, now: float) -> tuple[int, float]:
+        last = self.last_s.get(key)
+        return self.count.get(key, 0), (now - last) if last is not None else NEVER_SEEN_AGE_S
