@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from servegym.sim.config import ScenarioConfig
 from servegym.sim.platform import Platform
 from servegym.sim.telemetry import IntervalMetrics
 
@@ -27,7 +28,10 @@ __all__ = [
     "routing_layout",
 ]
 
-_INF = np.float32(np.inf)
+# A finite stand-in for "unbounded" (counts and rates with no physical cap): Gymnasium
+# and SB3 warn about infinite bounds, and nothing real comes near it.
+_BIG = 1e9
+NEVER_SEEN_AGE_S = 1e7
 
 
 @dataclass(frozen=True)
@@ -54,24 +58,31 @@ def _layout(spec: list[tuple[str, float, float]]) -> Layout:
     )
 
 
-def interval_layout(platform_max_replicas: int) -> Layout:
+def _max_latency_s(scenario: ScenarioConfig) -> float:
+    """No request lives longer than the lookups, the queue timeout and the slowest call."""
+    lookups = sum(t.latency_s for t in scenario.cache.tiers) + scenario.cache.semantic.latency_s
+    return lookups + scenario.pool.queue_timeout_s + max(b.timeout_s for b in scenario.backends)
+
+
+def interval_layout(scenario: ScenarioConfig) -> Layout:
     """Features of a control interval (scaling and threshold decisions).
 
     Latencies are 0 when nothing completed in the interval; ``time_of_day_*`` encode the
     simulated time modulo 24 h on the unit circle.
     """
-    r = float(platform_max_replicas)
+    r = float(scenario.pool.max_replicas)
+    latency = _max_latency_s(scenario)
     return _layout(
         [
-            ("arrival_rate_rps", 0.0, _INF),
-            ("queue_len", 0.0, _INF),
+            ("arrival_rate_rps", 0.0, _BIG),
+            ("queue_len", 0.0, float(scenario.pool.max_queue)),
             ("utilisation", 0.0, 1.0),
             ("ready_replicas", 0.0, r),
             ("provisioning_replicas", 0.0, r),
-            ("draining_replicas", 0.0, _INF),
+            ("draining_replicas", 0.0, r),
             ("target_replicas", 0.0, r),
-            ("latency_p50_s", 0.0, _INF),
-            ("latency_p95_s", 0.0, _INF),
+            ("latency_p50_s", 0.0, latency),
+            ("latency_p95_s", 0.0, latency),
             ("slo_violation_rate", 0.0, 1.0),
             ("hit_rate", 0.0, 1.0),
             ("semantic_threshold", 0.0, 1.0),
@@ -112,11 +123,28 @@ def routing_layout(platform: Platform) -> Layout:
     ``busy_<b>`` counts calls in progress on backend ``b``; ``capability_<b>`` and
     ``usd_per_mtok_out_<b>`` are its published capability and output price.
     """
-    spec: list[tuple[str, float, float]] = [(f"tenant_{t.name}", 0.0, 1.0) for t in platform.scenario.workload.tenants]
-    spec += [("log_prompt_tokens", 0.0, _INF), ("difficulty", 0.0, 1.0), ("queue_len", 0.0, _INF)]
+    scenario = platform.scenario
+    spec: list[tuple[str, float, float]] = [(f"tenant_{t.name}", 0.0, 1.0) for t in scenario.workload.tenants]
+    spec += [
+        ("log_prompt_tokens", 0.0, _max_log_tokens(scenario, "max_prompt_tokens")),
+        ("difficulty", 0.0, 1.0),
+        ("queue_len", 0.0, float(scenario.pool.max_queue)),
+    ]
+    slots = float(scenario.pool.max_replicas * scenario.pool.slots_per_replica)
     for b in platform.backends:
-        spec += [(f"busy_{b.name}", 0.0, _INF), (f"capability_{b.name}", 0.0, 1.0), (f"usd_per_mtok_out_{b.name}", 0.0, _INF)]
+        price = b.cfg.usd_per_mtok_out
+        spec += [
+            (f"busy_{b.name}", 0.0, slots),
+            (f"capability_{b.name}", 0.0, 1.0),
+            (f"usd_per_mtok_out_{b.name}", 0.0, price),
+        ]
     return _layout(spec)
+
+
+def _max_log_tokens(scenario: ScenarioConfig, field_name: str) -> float:
+    """log1p of the largest token count: the tenant caps, and at least 1e7 for replayed traces."""
+    cap = max(getattr(t.tokens, field_name) for t in scenario.workload.tenants)
+    return math.log1p(max(cap, 10_000_000))
 
 
 def routing_features(platform: Platform, request: int) -> np.ndarray:
@@ -147,18 +175,15 @@ def admission_layout(platform: Platform) -> Layout:
     """
     spec: list[tuple[str, float, float]] = [(f"tenant_{t.name}", 0.0, 1.0) for t in platform.scenario.workload.tenants]
     spec += [
-        ("log_prompt_tokens", 0.0, _INF),
-        ("log_output_tokens", 0.0, _INF),
+        ("log_prompt_tokens", 0.0, _max_log_tokens(platform.scenario, "max_prompt_tokens")),
+        ("log_output_tokens", 0.0, _max_log_tokens(platform.scenario, "max_output_tokens")),
         ("difficulty", 0.0, 1.0),
         ("good_answer", 0.0, 1.0),
-        ("key_requests", 0.0, _INF),
-        ("log_key_age_s", 0.0, _INF),
+        ("key_requests", 0.0, _BIG),
+        ("log_key_age_s", 0.0, math.log1p(NEVER_SEEN_AGE_S)),
     ]
     spec += [(f"fill_{name}", 0.0, 1.0) for name in platform.level_names]
     return _layout(spec)
-
-
-NEVER_SEEN_AGE_S = 1e7
 
 
 def admission_features(platform: Platform, request: int, key_requests: int, key_age_s: float) -> np.ndarray:

@@ -1,0 +1,214 @@
+"""What every servegym environment shares: scenario loading, the pausing controller,
+the reward, seeding, pickling by replay, and the end of an episode.
+
+An environment owns a :class:`~servegym.sim.platform.Platform` whose controller answers
+:data:`~servegym.sim.platform.DEFER` for the decisions the agent makes; ``step`` resolves
+the pending decision with the action and runs the simulation to the next one.
+
+The reward is the negative cost of what finished since the previous step, in US
+dollars: ``-(cost_weight * usd + slo_weight * slo_violations + quality_weight *
+bad_answers)``, where ``usd`` is everything billed in between (replicas, tokens,
+storage), ``slo_violations`` counts finished requests that missed their tenant's SLO
+(drops included) and ``bad_answers`` completed requests with a wrong answer. The
+weights say what one violation or one bad answer is worth in dollars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from servegym.sim.config import ConfigError, ScenarioConfig, apply_overrides, load_scenario, scenario_from_dict
+from servegym.sim.platform import DEFER, BuiltinController, Decision, Platform
+from servegym.sim.telemetry import IntervalMetrics
+
+__all__ = ["PlatformEnv", "resolve_scenario"]
+
+
+def resolve_scenario(
+    scenario: str | ScenarioConfig | Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    duration_s: float | None = None,
+) -> ScenarioConfig:
+    """A scenario from a shipped name, a YAML path, a config or a mapping, plus overrides."""
+    if isinstance(scenario, ScenarioConfig):
+        resolved = scenario
+    elif isinstance(scenario, Mapping):
+        resolved = scenario_from_dict(scenario)
+    elif isinstance(scenario, str):
+        resolved = load_scenario(scenario)
+    else:
+        raise ConfigError(
+            f"scenario = {scenario!r} is invalid: give a name, a YAML path, a ScenarioConfig or a mapping"
+        )
+    extra = list(overrides) + ([f"duration_s={duration_s}"] if duration_s is not None else [])
+    return apply_overrides(resolved, extra) if extra else resolved
+
+
+class _PausingController:
+    """Defers the decisions in ``deferred``; answers the rest like the built-in controller."""
+
+    def __init__(self, builtin: BuiltinController, deferred: frozenset[str], env: PlatformEnv) -> None:
+        self.builtin = builtin
+        self.deferred = deferred
+        self.env = env
+
+    def route(self, platform: Platform, request: int) -> Any:
+        if "route" in self.deferred:
+            return DEFER
+        return self.env._route(platform, request)
+
+    def admit(self, platform: Platform, request: int) -> Any:
+        return DEFER if "admit" in self.deferred else self.builtin.admit(platform, request)
+
+    def scale(self, platform: Platform, metrics: IntervalMetrics) -> Any:
+        return DEFER if "scale" in self.deferred else self.builtin.scale(platform, metrics)
+
+    def semantic_threshold(self, platform: Platform, metrics: IntervalMetrics) -> Any:
+        return DEFER if "threshold" in self.deferred else self.builtin.semantic_threshold(platform, metrics)
+
+
+class PlatformEnv(gym.Env[np.ndarray, Any]):
+    """Base class; subclasses set ``deferred`` and implement observation and action handling."""
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - Gymnasium declares it per instance
+    deferred: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        scenario: str | ScenarioConfig | Mapping[str, Any] = "default",
+        *,
+        overrides: Sequence[str] = (),
+        duration_s: float | None = None,
+        cost_weight: float = 1.0,
+        slo_weight: float = 0.01,
+        quality_weight: float = 0.005,
+    ) -> None:
+        for name, value in (
+            ("cost_weight", cost_weight),
+            ("slo_weight", slo_weight),
+            ("quality_weight", quality_weight),
+        ):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{type(self).__name__}.{name} = {value!r} is invalid: must be a finite number >= 0")
+        self._init_args: dict[str, Any] = {
+            "scenario": scenario,
+            "overrides": tuple(overrides),
+            "duration_s": duration_s,
+            "cost_weight": cost_weight,
+            "slo_weight": slo_weight,
+            "quality_weight": quality_weight,
+        }
+        self.scenario = resolve_scenario(scenario, overrides, duration_s)
+        self.cost_weight = float(cost_weight)
+        self.slo_weight = float(slo_weight)
+        self.quality_weight = float(quality_weight)
+        self.platform = self._new_platform(self.scenario.seed)
+        self._decision: Decision | None = None
+        self._platform_seed = self.scenario.seed
+        self._actions: list[Any] = []
+        self._totals = (0.0, 0, 0)
+
+    # -- subclass hooks ------------------------------------------------------------------
+    def _observe(self, decision: Decision | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _act(self, decision: Decision, action: Any) -> Any:
+        """Translate an in-space action into the platform's action for ``decision``."""
+        raise NotImplementedError
+
+    def _route(self, platform: Platform, request: int) -> int:
+        """Routing for envs that do not defer it: the scenario's built-in rule."""
+        return self.platform_builtin.route(platform, request)
+
+    # -- the platform ------------------------------------------------------------------------
+    def _new_platform(self, seed: int) -> Platform:
+        builtin = BuiltinController(self.scenario.control, self.scenario, np.random.default_rng(seed))
+        self.platform_builtin = builtin
+        return Platform(self.scenario, _PausingController(builtin, self.deferred, self), seed=seed)
+
+    def _advance(self) -> Decision | None:
+        self._decision = self.platform.step_to_decision()
+        return self._decision
+
+    def _reward(self) -> float:
+        p = self.platform
+        usd = p.cost_usd()
+        bad = p.completed - p.good_answers
+        last_usd, last_slo, last_bad = self._totals
+        self._totals = (usd, p.slo_violations, bad)
+        return -(
+            self.cost_weight * (usd - last_usd)
+            + self.slo_weight * (p.slo_violations - last_slo)
+            + self.quality_weight * (bad - last_bad)
+        )
+
+    def _info(self, done: bool) -> dict[str, Any]:
+        info: dict[str, Any] = {"time_s": self.platform.now, "cost_usd": self.platform.cost_usd()}
+        if self._decision is not None and self._decision.metrics is not None:
+            info["interval"] = self._decision.metrics
+        if done:
+            info["kpis"] = self.platform.kpis()
+        return info
+
+    # -- Gymnasium API ---------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._platform_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self.platform = self._new_platform(self._platform_seed)
+        self._actions = []
+        self._totals = (0.0, 0, 0)
+        self._on_reset()
+        decision = self._advance()
+        return self._observe(decision), self._info(decision is None)
+
+    def _on_reset(self) -> None:
+        """Clear per-episode state of a subclass."""
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._decision is None:
+            raise RuntimeError(
+                "step() called without a pending decision: call reset() first (or after the episode ended)"
+            )
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
+        self._actions.append(action)
+        self.platform.resolve(self._decision, self._act(self._decision, action))
+        decision = self._advance()
+        done = decision is None
+        reward = self._reward()
+        # The scenario's horizon is a time limit, not a terminal state: truncation.
+        return self._observe(decision), reward, False, done, self._info(done)
+
+    def kpis(self) -> dict[str, dict[str, float]]:
+        """KPIs of the episode so far (overall and per tenant)."""
+        return self.platform.kpis()
+
+    # -- pickling: rebuild the simulation by replaying the episode (it is deterministic) ------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "init_args": self._init_args,
+            "np_random_state": self._np_random.bit_generator.state if self._np_random is not None else None,
+            "platform_seed": self._platform_seed,
+            "actions": list(self._actions),
+            "started": self._decision is not None or bool(self._actions),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        type(self).__init__(self, **state["init_args"])
+        if state["np_random_state"] is not None:
+            self._np_random = np.random.Generator(np.random.PCG64())
+            self._np_random.bit_generator.state = state["np_random_state"]
+        if state["started"]:
+            self._platform_seed = state["platform_seed"]
+            self.platform = self._new_platform(self._platform_seed)
+            self._on_reset()
+            self._advance()
+            for action in state["actions"]:
+                self.step(action)

@@ -1,0 +1,179 @@
+"""Every registered environment: checkers, determinism, pickling, vectorisation, errors."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import servegym.envs
+from servegym.envs import ENV_IDS
+from servegym.sim.config import ConfigError
+
+SHORT = {"duration_s": 240.0, "overrides": ["workload.rate_rps=8.0"]}
+
+
+def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
+    return gym.make(env_id, **{**SHORT, **kwargs})
+
+
+def rollout(env: gym.Env[Any, Any], seed: int, steps: int) -> list[tuple[Any, ...]]:
+    """Seeded rollout with seeded random actions; returns (obs, reward, terminated, truncated)."""
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    out: list[tuple[Any, ...]] = [(obs,)]
+    for _ in range(steps):
+        obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        out.append((obs, reward, terminated, truncated))
+        if terminated or truncated:
+            break
+    return out
+
+
+def same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
+    return len(a) == len(b) and all(
+        all(np.array_equal(x, y) for x, y in zip(sa, sb, strict=True)) for sa, sb in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_checkers_pass_without_warnings(env_id: str) -> None:
+    env = make(env_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_same_seed_same_trajectory_and_observations_in_space(env_id: str) -> None:
+    env = make(env_id)
+    first = rollout(env, seed=11, steps=400)
+    second = rollout(make(env_id), seed=11, steps=400)
+    assert same(first, second)
+    assert all(env.observation_space.contains(step[0]) for step in first)
+    assert not same(first, rollout(env, seed=12, steps=400))
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_episode_ends_by_truncation_with_kpis(env_id: str) -> None:
+    env = make(env_id)
+    env.reset(seed=0)
+    total, info, truncated, terminated = 0.0, {}, False, False
+    while not (terminated or truncated):
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        total += float(reward)
+    assert truncated and not terminated
+    assert info["time_s"] == pytest.approx(240.0)
+    # Rewards are minus the dollars billed when only cost is weighted.
+    kpis = info["kpis"]["all"]
+    assert kpis["requests"] > 0
+    assert total <= 0.0
+
+
+def test_rewards_sum_to_minus_episode_cost_when_only_cost_counts() -> None:
+    env = make("servegym/Routing-v0", slo_weight=0.0, quality_weight=0.0)
+    env.reset(seed=5)
+    total, done, info = 0.0, False, {}
+    while not done:
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        total += float(reward)
+        done = terminated or truncated
+    assert total == pytest.approx(-info["kpis"]["all"]["cost_usd"], rel=1e-9)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_pickled_env_continues_identically(env_id: str) -> None:
+    env = make(env_id)
+    env.reset(seed=3)
+    env.action_space.seed(3)
+    for _ in range(7):
+        env.step(env.action_space.sample())
+    clone = pickle.loads(pickle.dumps(env))
+    for _ in range(7):
+        action = env.action_space.sample()
+        a, b = env.step(action), clone.step(action)
+        assert np.array_equal(a[0], b[0]) and a[1] == b[1] and a[2:4] == b[2:4]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_gymnasium_vector_env_of_two(env_id: str, mode: str) -> None:
+    envs = gym.make_vec(env_id, num_envs=2, vectorization_mode=mode, **SHORT)
+    try:
+        obs, _ = envs.reset(seed=[1, 2])
+        assert obs.shape == (2, *envs.single_observation_space.shape)
+        for _ in range(3):
+            obs, rewards, _, _, _ = envs.step(envs.action_space.sample())
+        assert rewards.shape == (2,)
+    finally:
+        envs.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("vec_cls", [DummyVecEnv, SubprocVecEnv])
+def test_sb3_vec_env_of_two(env_id: str, vec_cls: type[DummyVecEnv] | type[SubprocVecEnv]) -> None:
+    venv = vec_cls([lambda: make(env_id) for _ in range(2)])
+    try:
+        venv.seed(4)
+        obs = venv.reset()
+        assert obs.shape[0] == 2
+        for _ in range(3):
+            obs, rewards, _, _ = venv.step(np.array([venv.action_space.sample() for _ in range(2)]))
+        assert rewards.shape == (2,)
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "bad"),
+    [
+        ("servegym/Autoscaling-v0", 10_000),
+        ("servegym/Autoscaling-v0", -1),
+        ("servegym/Routing-v0", 3),
+        ("servegym/Caching-v0", np.array([9, 0])),
+        ("servegym/Platform-v0", np.array([1, 2])),
+    ],
+)
+def test_invalid_actions_raise_clear_errors(env_id: str, bad: Any) -> None:
+    env = make(env_id)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="not in the action space"):
+        env.step(bad)
+
+
+def test_step_before_reset_is_a_clear_error() -> None:
+    env = servegym.envs.AutoscalingEnv(**SHORT)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(3)
+
+
+def test_action_masks_mark_targets_below_the_minimum() -> None:
+    env = servegym.envs.AutoscalingEnv(**SHORT)
+    mask = env.action_masks()
+    assert mask.shape == (env.action_space.n,)
+    assert not mask[: env.scenario.pool.min_replicas].any() and mask[env.scenario.pool.min_replicas :].all()
+
+
+def test_autoscaling_action_sets_the_pool_target() -> None:
+    env = servegym.envs.AutoscalingEnv(**SHORT)
+    env.reset(seed=0)
+    obs, *_ = env.step(7)
+    assert obs[env.layout.index["target_replicas"]] == 7
+
+
+def test_bad_constructor_arguments_name_the_argument() -> None:
+    with pytest.raises(ConfigError, match="slo_weight"):
+        servegym.envs.AutoscalingEnv(slo_weight=-1.0)
+    with pytest.raises(ConfigError, match="thresholds"):
+        servegym.envs.CachingEnv(thresholds=[1.5])
+    with pytest.raises(ConfigError, match="unknown key"):
+        servegym.envs.RoutingEnv(overrides=["pool.nope=1"])
