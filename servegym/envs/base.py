@@ -148,7 +148,7 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         )
 
     def _info(self, done: bool) -> dict[str, Any]:
-        info: dict[str, Any] = {"time_s": self.platform.now, "cost_usd": self.platform.cost_usd()}
+        info: dict[str, Any] = {"time_s": self.platform.now, "cost_usd": self._totals[0]}
         if self._decision is not None and self._decision.metrics is not None:
             info["interval"] = self._decision.metrics
         if done:
@@ -176,7 +176,7 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
             raise RuntimeError(
                 "step() called without a pending decision: call reset() first (or after the episode ended)"
             )
-        if not self.action_space.contains(action):
+        if not self._valid_action(action):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
         self._actions.append(action)
         self.platform.resolve(self._decision, self._act(self._decision, action))
@@ -185,6 +185,13 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         reward = self._reward()
         # The scenario's horizon is a time limit, not a terminal state: truncation.
         return self._observe(decision), reward, False, done, self._info(done)
+
+    def _valid_action(self, action: Any) -> bool:
+        space = self.action_space
+        # Per-request envs step tens of thousands of times: a plain int needs no generic check.
+        if type(action) is int and isinstance(space, gym.spaces.Discrete):
+            return bool(0 <= action < space.n)
+        return bool(space.contains(action))
 
     def kpis(self) -> dict[str, dict[str, float]]:
         """KPIs of the episode so far (overall and per tenant)."""

@@ -150,19 +150,12 @@ def _max_log_tokens(scenario: ScenarioConfig, field_name: str) -> float:
 def routing_features(platform: Platform, request: int) -> np.ndarray:
     """The routing layout's vector for ``request`` (which holds a pool slot now)."""
     R = platform.requests
-    n_tenants = len(platform.scenario.workload.tenants)
-    out = np.zeros(n_tenants + 3 + 3 * len(platform.backends), dtype=np.float32)
-    out[R.tenant[request]] = 1.0
-    out[n_tenants] = math.log1p(R.prompt_tokens[request])
-    out[n_tenants + 1] = R.difficulty[request]
-    out[n_tenants + 2] = len(platform.pool.queue)
-    k = n_tenants + 3
+    values = [0.0] * len(platform.scenario.workload.tenants)
+    values[R.tenant[request]] = 1.0
+    values += [math.log1p(R.prompt_tokens[request]), R.difficulty[request], len(platform.pool.queue)]
     for b in platform.backends:
-        out[k] = b.busy
-        out[k + 1] = b.cfg.capability
-        out[k + 2] = b.cfg.usd_per_mtok_out
-        k += 3
-    return out
+        values += [b.busy, b.cfg.capability, b.cfg.usd_per_mtok_out]
+    return np.array(values, dtype=np.float32)
 
 
 def admission_layout(platform: Platform) -> Layout:

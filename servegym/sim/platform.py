@@ -166,7 +166,8 @@ class Platform:
         self.controller: Controller = controller or BuiltinController(
             scenario.control, scenario, self.streams["controller"]
         )
-        self.workload = Workload(scenario.workload, self.streams, trace)
+        # The world (intent catalogues) is the scenario's; the run's seed draws the requests.
+        self.workload = Workload(scenario.workload, self.streams, trace, catalogue_seed=scenario.seed)
         self.backends = [Backend(b) for b in scenario.backends]
         self.tiers = [ExactTier(t) for t in scenario.cache.tiers]
         sem = scenario.cache.semantic

@@ -61,6 +61,10 @@ class Pool:
         self.target = cfg.initial_replicas
         self.last_change_s = -float("inf")
         self.replica_seconds_closed = 0.0
+        # Live (not stopped) replicas and the sum of their provisioning times: billed
+        # replica-seconds in O(1) as closed + live * now - provisioned_sum.
+        self._live = 0
+        self._provisioned_sum = 0.0
         # Time integrals of busy slots and ready slots, for utilisation.
         self.busy_area = 0.0
         self.capacity_area = 0.0
@@ -142,6 +146,8 @@ class Pool:
         rep = Replica(id=len(self.replicas), provision_s=self.env.now)
         self.replicas.append(rep)
         self.provisioning += 1
+        self._live += 1
+        self._provisioned_sum += rep.provision_s
         if not warm:
             self.env.timeout(self._cold_start_s(), rep.id).callbacks.append(self._on_cold_start_done)
         return rep
@@ -172,12 +178,12 @@ class Pool:
         rep.state = STOPPED
         rep.stop_s = self.env.now
         self.replica_seconds_closed += rep.stop_s - rep.provision_s
+        self._live -= 1
+        self._provisioned_sum -= rep.provision_s
 
     def replica_seconds(self) -> float:
         """Billed replica-seconds up to now."""
-        now = self.env.now
-        live = sum(now - r.provision_s for r in self.replicas if r.state != STOPPED)
-        return self.replica_seconds_closed + live
+        return self.replica_seconds_closed + self._live * self.env.now - self._provisioned_sum
 
     def integrate(self) -> None:
         """Bring the utilisation integrals up to now."""

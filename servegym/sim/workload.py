@@ -193,15 +193,20 @@ class Workload:
 
     ``batches(duration_s)`` yields :class:`RequestBatch` objects whose arrival times are
     increasing and below ``duration_s``; ``embeddings[tenant][intent, variant]`` is the
-    unit embedding of a phrasing.
+    unit embedding of a phrasing. The intent catalogues (popularity, difficulty,
+    embeddings: the "world") come from ``catalogue_seed`` (default: the streams' seed),
+    so runs with different request seeds can share one world.
     """
 
-    def __init__(self, cfg: WorkloadConfig, streams: Streams, trace: Trace | None = None) -> None:
+    def __init__(
+        self, cfg: WorkloadConfig, streams: Streams, trace: Trace | None = None, catalogue_seed: int | None = None
+    ) -> None:
         self.cfg = cfg
         self.streams = streams
         # Only the embedding parameters matter to a catalogue; keying on them shares it across rates.
         key = dataclasses.replace(cfg, kind="poisson", trace_path=None, flash_crowds=(), rate_rps=1.0)
-        self.catalogues = [_catalogue(t, i, key, streams.seed) for i, t in enumerate(cfg.tenants)]
+        world = streams.seed if catalogue_seed is None else catalogue_seed
+        self.catalogues = [_catalogue(t, i, key, world) for i, t in enumerate(cfg.tenants)]
         self.embeddings = [c.embeddings for c in self.catalogues]
         shares = np.array([t.weight for t in cfg.tenants], dtype=np.float64)
         self.tenant_cdf = np.cumsum(shares / shares.sum())
