@@ -487,6 +487,14 @@ class ScenarioConfig:
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             _fail(owner, "backends", names, "backend names must be unique")
+        n_tenants = len(self.workload.tenants)
+        if self.cache.semantic.enabled and self.cache.semantic.capacity < n_tenants:
+            _fail(
+                "cache.semantic",
+                "capacity",
+                self.cache.semantic.capacity,
+                f"must be >= the number of tenants ({n_tenants}): each tenant gets its own partition",
+            )
         tiers = {t.name for t in self.cache.tiers} | {"semantic"}
         for i, fault in enumerate(self.faults):
             pool = names if fault.kind != "cache_outage" else sorted(tiers)
@@ -618,7 +626,10 @@ def apply_overrides(scenario: ScenarioConfig, overrides: list[str]) -> ScenarioC
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
         node: Any = data
         parts = key.split(".")
         for depth, part in enumerate(parts):
