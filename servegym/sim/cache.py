@@ -387,9 +387,9 @@ class SemanticTier:
         sims = self._sims[tenant]
         while True:
             np.dot(emb, query, out=sims)
-            row = int(sims.argmax())
-            if sims[row] < self.threshold:
+            if sims.max() < self.threshold:  # most lookups miss: skip the argmax
                 return -1
+            row = int(sims.argmax())
             if self.expires[tenant][row] > now:
                 self.recency[tenant].move_to_end(row)
                 return row

@@ -351,9 +351,11 @@ class Platform:
         key = R.key[i]
         for tier in self.tiers[level:]:
             if not tier.down:
-                if tier.billed:
+                store = tier.store
+                # Occupancy changes only while a tier fills (a full tier evicts one per insert).
+                if tier.billed and len(store) < store.capacity:
                     tier.account(now)
-                tier.store.put(key, (tenant, intent, good, now + tier.ttl_s))
+                store.put(key, (tenant, intent, good, now + tier.ttl_s))
         sem = self.semantic
         if sem is not None and not sem.down:
             sem.put(tenant, key, self._embeddings[tenant][intent, R.variant[i]], intent, good, now)

@@ -1,0 +1,1 @@
+"""Entry points that run experiments: evaluation (and, next, training and comparison)."""
