@@ -51,7 +51,8 @@ class Backend:
 
     def p_good(self, difficulty: float) -> float:
         """Probability of a good answer: logistic in capability minus difficulty."""
-        return 1.0 / (1.0 + math.exp(-self.cfg.quality_slope * (self.cfg.capability - difficulty)))
+        # tanh form of the logistic: no overflow for steep slopes.
+        return 0.5 * (1.0 + math.tanh(0.5 * self.cfg.quality_slope * (self.cfg.capability - difficulty)))
 
     def call(self, prompt_tokens: int, output_tokens: int, u: float, z: float, u_failure: float) -> CallResult:
         """Simulate one call starting now, with ``self.busy`` counting this call."""

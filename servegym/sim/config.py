@@ -49,18 +49,22 @@ def _fail(owner: str, name: str, value: object, allowed: str) -> None:
     raise ConfigError(f"{owner}.{name} = {value!r} is invalid: {allowed}")
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_positive(owner: str, name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (_number(value) and math.isfinite(value) and value > 0):
         _fail(owner, name, value, "must be a finite number > 0")
 
 
 def _check_nonneg(owner: str, name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+    if not (_number(value) and math.isfinite(value) and value >= 0):
         _fail(owner, name, value, "must be a finite number >= 0")
 
 
 def _check_unit(owner: str, name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+    if not (_number(value) and 0.0 <= value <= 1.0):
         _fail(owner, name, value, "must be in [0, 1]")
 
 

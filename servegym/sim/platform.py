@@ -197,7 +197,6 @@ class Platform:
         self._key_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._n_variants = np.array([t.n_variants for t in tenants], dtype=np.int64)
 
-        self.arrived = 0
         self.completed = 0
         self.dropped = 0
         self.hits_in_flight = 0
@@ -224,6 +223,11 @@ class Platform:
         self._schedule_arrival()
         self.env.process(self._control())
 
+    @property
+    def arrived(self) -> int:
+        """Requests that have arrived so far."""
+        return self.requests.arrived
+
     # -- time ----------------------------------------------------------------------------
     @property
     def now(self) -> float:
@@ -247,7 +251,8 @@ class Platform:
         end = self.scenario.duration_s if until is None else until
         env = self.env
         while not self.pending:
-            if env.peek() > end:
+            # Like run(until=end): events at exactly ``end`` belong to the next run.
+            if env.peek() >= end:
                 if env.now < end:
                     env.run(until=end)
                 return None
@@ -258,13 +263,20 @@ class Platform:
         """Carry out ``action`` for the oldest pending ``decision`` and continue its story."""
         if not self.pending or self.pending[0] is not decision:
             raise ValueError("resolve() must answer the oldest pending decision, the one step_to_decision() returned")
-        self.pending.popleft()
+        # Validate before taking the decision off the queue, so a bad action can be retried.
         if decision.kind == "route":
-            self._call(decision.request, self._check_backend(action))
+            backend = self._check_backend(action)
+            self.pending.popleft()
+            self._call(decision.request, backend)
         elif decision.kind == "admit":
+            level = self._check_level(action)
+            self.pending.popleft()
             self._parked_admits -= 1
-            self._insert(decision.request, self._check_level(action))
+            self._insert(decision.request, level)
         else:
+            if action is not None:
+                action = self._check_replicas(action) if decision.kind == "scale" else self._check_threshold(action)
+            self.pending.popleft()
             assert decision.event is not None
             decision.event.succeed(action)
 
@@ -288,9 +300,9 @@ class Platform:
         i = self._next
         self._next = i + 1
         self._schedule_arrival()
-        self.arrived += 1
-        now = self.env.now
         R = self.requests
+        R.arrived += 1
+        now = self.env.now
         key = R.key[i]
         for level, tier, get, latency in self._lookups:
             if tier.down:
@@ -536,7 +548,8 @@ class Platform:
         raise ValueError(f"scale action {target!r} is invalid: must be a replica count >= 0 (bounds are applied)")
 
     def _check_threshold(self, threshold: Any) -> float:
-        if isinstance(threshold, (int, float, np.floating)) and 0.0 < threshold <= 1.0:
+        number = isinstance(threshold, (int, float, np.floating)) and not isinstance(threshold, bool)
+        if number and 0.0 < threshold <= 1.0:
             return float(threshold)
         raise ValueError(f"semantic threshold {threshold!r} is invalid: must be in (0, 1]")
 

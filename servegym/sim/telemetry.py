@@ -115,7 +115,8 @@ class Requests:
     columns = _INPUT_COLUMNS + tuple(_OUTPUT_COLUMNS)
 
     def __init__(self) -> None:
-        self.n = 0
+        self.n = 0  # records loaded (arrivals are generated a batch ahead)
+        self.arrived = 0  # records whose request has arrived
         for name in self.columns:
             setattr(self, name, [])
 
@@ -160,7 +161,7 @@ class Requests:
 
     def frame(self, upto: int | None = None) -> dict[str, np.ndarray]:
         """The first ``upto`` records (default: all that arrived) as numpy columns."""
-        n = self.n if upto is None else upto
+        n = self.arrived if upto is None else upto
         return {name: np.asarray(getattr(self, name)[:n], dtype=_DTYPES.get(name, np.float64)) for name in self.columns}
 
 

@@ -98,6 +98,8 @@ def read_trace(path: str | Path, schema: str = "azure") -> Trace:
                     raise TraceError(f"{where}: TIMESTAMP {stamp!r} is not an ISO date and time") from None
                 if origin is None:
                     origin = moment
+                elif (moment.tzinfo is None) != (origin.tzinfo is None):
+                    raise TraceError(f"{where}: TIMESTAMP {stamp!r} mixes time zones with the first row's")
                 t = (moment - origin).total_seconds()
                 columns = ("ContextTokens", "GeneratedTokens")
             else:
