@@ -52,8 +52,9 @@ def resolve_scenario(
 class _PausingController:
     """Defers the decisions in ``deferred``; answers the rest like the built-in controller."""
 
-    def __init__(self, builtin: BuiltinController, deferred: frozenset[str], env: PlatformEnv) -> None:
-        self.builtin = builtin
+    builtin: BuiltinController
+
+    def __init__(self, deferred: frozenset[str], env: PlatformEnv) -> None:
         self.deferred = deferred
         self.env = env
 
@@ -127,9 +128,12 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
 
     # -- the platform ------------------------------------------------------------------------
     def _new_platform(self, seed: int) -> Platform:
-        builtin = BuiltinController(self.scenario.control, self.scenario, np.random.default_rng(seed))
-        self.platform_builtin = builtin
-        return Platform(self.scenario, _PausingController(builtin, self.deferred, self), seed=seed)
+        controller = _PausingController(self.deferred, self)
+        platform = Platform(self.scenario, controller, seed=seed)
+        # The platform's own "controller" stream: built-in decisions match a plain run's.
+        controller.builtin = BuiltinController(self.scenario.control, self.scenario, platform.streams["controller"])
+        self.platform_builtin = controller.builtin
+        return platform
 
     def _advance(self) -> Decision | None:
         self._decision = self.platform.step_to_decision()

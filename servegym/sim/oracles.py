@@ -94,7 +94,7 @@ def lru_hits(keys: Sequence[int], capacity: int) -> int:
     return hits
 
 
-class _BuiltinElsewhere:
+class _BuiltinFallback:
     """A controller that owns one decision and leaves the others to :class:`BuiltinController`.
 
     It binds to a platform at the platform's first decision (the fallback needs the
@@ -129,7 +129,7 @@ class _BuiltinElsewhere:
         return self._bind(platform).semantic_threshold(platform, metrics)
 
 
-class OracleRouter(_BuiltinElsewhere):
+class OracleRouter(_BuiltinFallback):
     """Routes each request to the cheapest backend that will answer it well, else the strongest.
 
     The oracle reads the request's quality draw: backend ``b`` answers request ``i``
@@ -159,7 +159,7 @@ class OracleRouter(_BuiltinElsewhere):
         return best
 
 
-class ClairvoyantScaler(_BuiltinElsewhere):
+class ClairvoyantScaler(_BuiltinFallback):
     """Scales for the arrivals that are coming, which it knows exactly.
 
     It rebuilds the platform's request stream from the same scenario and seed

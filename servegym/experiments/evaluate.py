@@ -1,0 +1,200 @@
+"""Evaluate policies on a scenario over seeds: KPI means with 95% intervals, paired comparisons.
+
+A policy is evaluated on the decision its environment exposes (``Autoscaling-v0``:
+scaling; ``Routing-v0``: routing; ``Caching-v0``: admission and semantic threshold;
+``Platform-v0``: any of them, joined with ``+``, e.g. ``hpa+cascade``). It runs as the
+simulator's controller through :class:`~servegym.policies.PolicyController` — the same
+observations and actions as inside the environment, without Gymnasium's per-step
+overhead. Oracles (``oracle_router``, ``clairvoyant``) run with their privileged
+knowledge. Seed ``s`` runs the platform with request seed ``s`` for every policy, so
+policies are compared on identical request streams and their paired differences are tight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from servegym.envs.features import admission_layout, routing_layout
+from servegym.experiments.stats import Estimate, estimate, paired_difference
+from servegym.policies import POLICIES, PolicyController, make_policy, scaling_kwargs
+from servegym.sim.config import ScenarioConfig
+from servegym.sim.oracles import ClairvoyantScaler, OracleRouter
+from servegym.sim.platform import Controller, Platform
+
+__all__ = ["DECISIONS", "KPI_COLUMNS", "PolicyResult", "evaluate", "format_comparison", "run_policy"]
+
+DECISIONS: dict[str, str] = {
+    "static": "scaling",
+    "hpa": "scaling",
+    "kpa": "scaling",
+    "step": "scaling",
+    "scheduled": "scaling",
+    "random": "routing",
+    "round_robin": "routing",
+    "jsq": "routing",
+    "power_of_two": "routing",
+    "cheapest": "routing",
+    "strongest": "routing",
+    "cascade": "routing",
+    "admit_all": "admission",
+    "admit_none": "admission",
+    "frequency": "admission",
+    "fixed_threshold": "threshold",
+    "oracle_router": "routing",
+    "clairvoyant": "scaling",
+    "builtin": "none",
+}
+"""The decision each named policy makes."""
+
+ENV_DECISIONS: dict[str, frozenset[str]] = {
+    "Autoscaling-v0": frozenset({"scaling"}),
+    "Routing-v0": frozenset({"routing"}),
+    "Caching-v0": frozenset({"admission", "threshold"}),
+    "Platform-v0": frozenset({"scaling", "routing", "admission", "threshold"}),
+}
+
+ORACLES: dict[str, Callable[[], Controller]] = {"oracle_router": OracleRouter, "clairvoyant": ClairvoyantScaler}
+
+KPI_COLUMNS = (
+    ("latency_p95_s", "p95 s"),
+    ("slo_attainment", "SLO"),
+    ("cost_usd", "cost $"),
+    ("hit_rate", "hit"),
+    ("quality", "quality"),
+    ("drop_rate", "drops"),
+)
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """Per-seed overall KPIs of one policy (seeds in the order given)."""
+
+    policy: str
+    seeds: tuple[int, ...]
+    kpis: tuple[dict[str, float], ...]
+
+    def values(self, kpi: str) -> list[float]:
+        return [k[kpi] for k in self.kpis]
+
+    def estimate(self, kpi: str) -> Estimate:
+        return estimate(self.values(kpi))
+
+
+def _controller(
+    spec: str, env_id: str, platform: Platform, params: Mapping[str, Mapping[str, Any]], seed: int
+) -> Controller | None:
+    """The controller for policy ``spec`` (names joined by ``+``) on ``platform``."""
+    names = [n for n in spec.split("+") if n]
+    allowed = ENV_DECISIONS.get(env_id.removeprefix("servegym/"))
+    if allowed is None:
+        raise ValueError(f"unknown environment {env_id!r}; known: {', '.join(ENV_DECISIONS)}")
+    if names == ["builtin"]:
+        return None
+    chosen: dict[str, Any] = {}
+    for name in names:
+        decision = DECISIONS.get(name)
+        if decision is None:
+            raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(DECISIONS))}")
+        if decision not in allowed:
+            raise ValueError(
+                f"policy {name!r} decides {decision}, which {env_id} does not expose ({', '.join(allowed)})"
+            )
+        if decision in chosen:
+            raise ValueError(f"policy spec {spec!r} names two {decision} policies")
+        chosen[decision] = name
+    scenario = platform.scenario
+    oracles = [n for n in chosen.values() if n in ORACLES]
+    if oracles:
+        if len(chosen) > 1:
+            raise ValueError(f"oracle {oracles[0]!r} runs alone; it cannot be combined in {spec!r}")
+        return ORACLES[oracles[0]](**params.get(oracles[0], {}))
+    built: dict[str, Any] = {}
+    for decision, name in chosen.items():
+        kwargs = dict(params.get(name, {}))
+        if decision == "scaling":
+            kwargs = {**scaling_kwargs(scenario), **kwargs}
+            if name == "static":
+                kwargs.setdefault("replicas", scenario.pool.initial_replicas)
+        elif decision == "routing":
+            kwargs = {
+                "layout": routing_layout(platform),
+                "backend_names": [b.name for b in scenario.backends],
+                **kwargs,
+            }
+            if name in ("random", "power_of_two"):
+                kwargs.setdefault("seed", seed)
+        elif decision == "admission":
+            kwargs = {"layout": admission_layout(platform), **kwargs}
+        elif decision == "threshold":
+            kwargs.setdefault("threshold", scenario.cache.semantic.threshold)
+        built[decision] = make_policy(name, **kwargs)
+    return PolicyController(**built)
+
+
+def run_policy(
+    spec: str,
+    env_id: str,
+    scenario: ScenarioConfig,
+    seed: int,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run one seed of ``scenario`` with policy ``spec``; returns KPIs overall and per tenant."""
+    platform = Platform(scenario, seed=seed)
+    controller = _controller(spec, env_id, platform, params or {}, seed)
+    if controller is not None:
+        platform.controller = controller
+    return platform.run()
+
+
+def evaluate(
+    policies: Sequence[str],
+    env_id: str,
+    scenario: ScenarioConfig,
+    seeds: Sequence[int],
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[PolicyResult]:
+    """Evaluate each policy on every seed; the same seeds for all (common random numbers)."""
+    if not seeds:
+        raise ValueError("evaluate needs at least one seed")
+    return [
+        PolicyResult(spec, tuple(seeds), tuple(run_policy(spec, env_id, scenario, s, params)["all"] for s in seeds))
+        for spec in policies
+    ]
+
+
+def format_comparison(results: Sequence[PolicyResult], baseline: str | None = None) -> str:
+    """KPI table (mean ± 95% half-width over seeds) and, with a baseline, paired differences."""
+    header = ["policy"] + [label for _, label in KPI_COLUMNS]
+    rows = [header] + [[r.policy] + [str(r.estimate(k)) for k, _ in KPI_COLUMNS] for r in results]
+    lines = _align(rows)
+    n = len(results[0].seeds) if results else 0
+    lines.insert(0, f"mean ± 95% CI half-width over {n} seeds")
+    if baseline is not None:
+        base = next((r for r in results if r.policy == baseline), None)
+        if base is None:
+            raise ValueError(f"baseline {baseline!r} is not among the evaluated policies")
+        diff_rows = [["policy - " + baseline] + [label for _, label in KPI_COLUMNS]]
+        for r in results:
+            if r is not base:
+                diff_rows.append(
+                    [r.policy] + [str(paired_difference(r.values(k), base.values(k))) for k, _ in KPI_COLUMNS]
+                )
+        lines += ["", "paired differences against the baseline (same seeds, same requests):", *_align(diff_rows)]
+    return "\n".join(lines)
+
+
+def _align(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    out = [
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return out
+
+
+assert set(DECISIONS) >= set(POLICIES), "every registered policy needs its decision here"

@@ -1,0 +1,94 @@
+"""Decision rules behind one interface: ``act(observation) -> action`` and ``reset()``.
+
+Heuristics from practice for each decision the platform exposes:
+
+* scaling (target replicas): :class:`StaticScaling`, :class:`HPA`, :class:`KPA`,
+  :class:`StepScaling`, :class:`ScheduledScaling`;
+* routing (backend index): :class:`RandomRouter`, :class:`RoundRobin`,
+  :class:`JoinShortestQueue`, :class:`PowerOfTwoChoices`, :class:`Cheapest`,
+  :class:`Strongest`, :class:`DifficultyCascade`;
+* caching: admission (:class:`AdmitAll`, :class:`AdmitNone`,
+  :class:`FrequencyAdmission`) and the semantic threshold (:class:`FixedThreshold`).
+
+:class:`PolicyController` lets policies drive a simulator run directly. Policies are
+also available by short name::
+
+    hpa = make_policy("hpa", **scaling_kwargs(scenario), target_utilisation=0.6)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from servegym.policies.adapter import PolicyController
+from servegym.policies.base import Policy, checked_observation, require_features
+from servegym.policies.caching import AdmitAll, AdmitNone, FixedThreshold, FrequencyAdmission
+from servegym.policies.routing import (
+    Cheapest,
+    DifficultyCascade,
+    JoinShortestQueue,
+    PowerOfTwoChoices,
+    RandomRouter,
+    RoundRobin,
+    Strongest,
+)
+from servegym.policies.scaling import HPA, KPA, ScheduledScaling, StaticScaling, StepScaling, scaling_kwargs
+
+__all__ = [
+    "HPA",
+    "KPA",
+    "POLICIES",
+    "AdmitAll",
+    "AdmitNone",
+    "Cheapest",
+    "DifficultyCascade",
+    "FixedThreshold",
+    "FrequencyAdmission",
+    "JoinShortestQueue",
+    "Policy",
+    "PolicyController",
+    "PowerOfTwoChoices",
+    "RandomRouter",
+    "RoundRobin",
+    "ScheduledScaling",
+    "StaticScaling",
+    "StepScaling",
+    "Strongest",
+    "checked_observation",
+    "make_policy",
+    "require_features",
+    "scaling_kwargs",
+]
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    # scaling
+    "static": StaticScaling,
+    "hpa": HPA,
+    "kpa": KPA,
+    "step": StepScaling,
+    "scheduled": ScheduledScaling,
+    # routing
+    "random": RandomRouter,
+    "round_robin": RoundRobin,
+    "jsq": JoinShortestQueue,
+    "power_of_two": PowerOfTwoChoices,
+    "cheapest": Cheapest,
+    "strongest": Strongest,
+    "cascade": DifficultyCascade,
+    # caching
+    "admit_all": AdmitAll,
+    "admit_none": AdmitNone,
+    "frequency": FrequencyAdmission,
+    "fixed_threshold": FixedThreshold,
+}
+"""Short names of the policies, for configs and the command line."""
+
+
+def make_policy(name: str, **kwargs: Any) -> Policy:
+    """Build the policy registered under ``name`` in :data:`POLICIES` with ``kwargs``."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))}") from None
+    return factory(**kwargs)
