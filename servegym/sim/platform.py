@@ -298,11 +298,15 @@ class Platform:
 
     def _on_arrival(self, _event: simpy.Event) -> None:
         i = self._next
-        self._next = i + 1
-        self._schedule_arrival()
+        self._next = nxt = i + 1
         R = self.requests
+        env = self.env
+        now = env.now
+        # Schedule the next arrival (_schedule_arrival, inlined on the hottest path).
+        if nxt < self._loaded or self._load_batch():
+            delay = R.arrival_s[nxt] - now
+            env.timeout(delay if delay > 0 else 0.0).callbacks.append(self._on_arrival)
         R.arrived += 1
-        now = self.env.now
         key = R.key[i]
         for level, tier, get, latency in self._lookups:
             if tier.down:

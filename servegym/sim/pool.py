@@ -83,7 +83,12 @@ class Pool:
 
     def acquire(self) -> int:
         """Take a free slot (the caller checked ``self.free``); returns the replica id."""
-        self._integrate()
+        now = self.env.now
+        dt = now - self._area_t
+        if dt:  # _integrate(), inlined on this per-request path
+            self.busy_area += self.busy * dt
+            self.capacity_area += (self.ready + self.draining) * self.slots * dt
+            self._area_t = now
         rid = self.free.pop()
         self.replicas[rid].busy += 1
         self.busy += 1
@@ -91,7 +96,12 @@ class Pool:
 
     def release(self, rid: int) -> None:
         """Give a slot back; a draining replica stops when its last slot is free."""
-        self._integrate()
+        now = self.env.now
+        dt = now - self._area_t
+        if dt:  # _integrate(), inlined on this per-request path
+            self.busy_area += self.busy * dt
+            self.capacity_area += (self.ready + self.draining) * self.slots * dt
+            self._area_t = now
         rep = self.replicas[rid]
         rep.busy -= 1
         self.busy -= 1
