@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -75,24 +75,8 @@ class AutoscalingEnv(PlatformEnv):
 
     deferred: ClassVar[frozenset[str]] = frozenset({"scale"})
 
-    def __init__(
-        self,
-        scenario: str | ScenarioConfig | Mapping[str, Any] = "default",
-        *,
-        overrides: Sequence[str] = (),
-        duration_s: float | None = None,
-        cost_weight: float = 1.0,
-        slo_weight: float = 0.01,
-        quality_weight: float = 0.005,
-    ) -> None:
-        super().__init__(
-            scenario,
-            overrides=overrides,
-            duration_s=duration_s,
-            cost_weight=cost_weight,
-            slo_weight=slo_weight,
-            quality_weight=quality_weight,
-        )
+    def __init__(self, scenario: str | ScenarioConfig | Mapping[str, Any] = "default", **kwargs: Any) -> None:
+        super().__init__(scenario, **kwargs)
         pool = self.scenario.pool
         self.layout = interval_layout(self.scenario)
         self.observation_space = spaces.Box(self.layout.low, self.layout.high, dtype=np.float32)
