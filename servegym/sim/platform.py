@@ -190,7 +190,6 @@ class Platform:
         self._lookups = [(k, t, t.store.get, reached[k + 1]) for k, t in enumerate(self.tiers)]
         self._miss_latency_s = reached[-1] + (self.semantic.latency_s if self.semantic is not None else 0.0)
         self._embeddings = self.workload.embeddings
-        self._parked_admits = 0
         self._failing: dict[int, int] = {}  # calls in progress that will fail: request -> status
         tenants = scenario.workload.tenants
         sizes = [t.n_intents * t.n_variants for t in tenants]
@@ -213,7 +212,6 @@ class Platform:
 
         self._batches: Iterator[RequestBatch] = self.workload.batches(scenario.duration_s)
         self._next = 0
-        self._loaded = 0
         tiers: dict[str, ExactTier | SemanticTier] = {t.name: t for t in self.tiers}
         if self.semantic is not None:
             tiers["semantic"] = self.semantic
@@ -271,7 +269,6 @@ class Platform:
         elif decision.kind == "admit":
             level = self._check_level(action)
             self.pending.popleft()
-            self._parked_admits -= 1
             self._insert(decision.request, level)
         else:
             if action is not None:
@@ -287,11 +284,10 @@ class Platform:
             return False
         keys = self._key_offset[batch.tenant] + batch.intent * self._n_variants[batch.tenant] + batch.variant
         self.requests.extend(batch, keys)
-        self._loaded += len(batch)
         return True
 
     def _schedule_arrival(self) -> None:
-        if self._next >= self._loaded and not self._load_batch():
+        if self._next >= self.requests.n and not self._load_batch():
             return
         delay = self.requests.arrival_s[self._next] - self.env.now
         self.env.timeout(delay if delay > 0 else 0.0).callbacks.append(self._on_arrival)
@@ -303,7 +299,7 @@ class Platform:
         env = self.env
         now = env.now
         # Schedule the next arrival (_schedule_arrival, inlined on the hottest path).
-        if nxt < self._loaded or self._load_batch():
+        if nxt < R.n or self._load_batch():
             delay = R.arrival_s[nxt] - now
             env.timeout(delay if delay > 0 else 0.0).callbacks.append(self._on_arrival)
         R.arrived += 1
@@ -488,7 +484,6 @@ class Platform:
             if self.n_levels:
                 level = self.controller.admit(self, i)
                 if level is DEFER:
-                    self._parked_admits += 1
                     self.pending.append(Decision("admit", i, None))
                 else:
                     ok = type(level) is int and 0 <= level < self.n_levels
