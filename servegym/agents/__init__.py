@@ -1,0 +1,1 @@
+"""Learners that produce policies: SB3 algorithms (`sb3`) and scikit-learn models."""

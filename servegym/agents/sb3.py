@@ -1,0 +1,272 @@
+"""stable-baselines3 learners (PPO, A2C, DQN, SAC, MaskablePPO) and the policy they produce.
+
+:func:`build_model` turns an algorithm name and hyperparameters into an SB3 model on a
+vectorised servegym environment (optionally behind ``VecNormalize``), after checking
+that the algorithm can act in that environment's action space and that every
+hyperparameter is one the algorithm accepts — so a typo fails before training, naming
+the key. :class:`SB3Policy` wraps a trained model behind the common policy interface
+(``act``/``reset``), applying the frozen observation normalisation and the action
+post-processing the model was trained with, so evaluation, distillation and export all
+see exactly what the network decides.
+
+SAC needs a continuous action space; on a ``Discrete(n)`` environment it acts through
+:class:`DiscreteAsBox`, which maps ``a ∈ [-1, 1]`` to the nearest of the ``n`` actions
+(for Autoscaling-v0: a target replica count). DQN needs ``Discrete``; PPO and A2C take
+``Discrete`` and ``MultiDiscrete``; MaskablePPO additionally uses the environment's
+``action_masks()`` (Autoscaling-v0 and Platform-v0 mask replica targets below the pool's
+minimum).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from sb3_contrib import MaskablePPO
+from stable_baselines3 import A2C, DQN, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+from servegym.envs.features import Layout
+from servegym.sim.config import ConfigError
+
+__all__ = [
+    "ALGORITHMS",
+    "DiscreteAsBox",
+    "SB3Policy",
+    "build_model",
+    "check_algorithm",
+    "make_vec_env",
+]
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
+    "ppo": PPO,
+    "a2c": A2C,
+    "dqn": DQN,
+    "sac": SAC,
+    "maskable_ppo": MaskablePPO,
+}
+"""Short names of the SB3 algorithms servegym trains."""
+
+_SPACES: dict[str, tuple[type[spaces.Space[Any]], ...]] = {
+    "ppo": (spaces.Discrete, spaces.MultiDiscrete, spaces.Box),
+    "a2c": (spaces.Discrete, spaces.MultiDiscrete, spaces.Box),
+    "dqn": (spaces.Discrete,),
+    "sac": (spaces.Box, spaces.Discrete),  # Discrete through DiscreteAsBox
+    "maskable_ppo": (spaces.Discrete, spaces.MultiDiscrete),
+}
+
+
+class DiscreteAsBox(gym.ActionWrapper[np.ndarray, np.ndarray, Any]):
+    """Present a ``Discrete(n)`` action space as ``Box(-1, 1, (1,))`` for continuous-action learners.
+
+    ``a`` maps to ``round((a + 1) / 2 * (n - 1))``, clipped to ``0..n-1``: the ends of
+    the interval are the first and last action and the order of actions is kept, which is
+    what makes a continuous policy sensible on an ordered choice such as a replica target.
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, Any]) -> None:
+        super().__init__(env)
+        if not isinstance(env.action_space, spaces.Discrete):
+            raise ValueError(f"DiscreteAsBox wraps a Discrete action space, not {env.action_space}")
+        self.n = int(env.action_space.n)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def action(self, action: np.ndarray) -> int:
+        return to_discrete(action, self.n)
+
+
+def to_discrete(action: np.ndarray, n: int) -> int:
+    """The ``Discrete(n)`` action a ``[-1, 1]`` continuous action stands for (see :class:`DiscreteAsBox`)."""
+    a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+    return int(np.clip(np.rint((a + 1.0) / 2.0 * (n - 1)), 0, n - 1))
+
+
+def check_algorithm(algo: str, action_space: spaces.Space[Any], where: str = "agent.algo") -> None:
+    """Fail with a clear error unless ``algo`` is known and can act in ``action_space``."""
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"{where}: unknown algorithm {algo!r}; known: {', '.join(ALGORITHMS)}")
+    if not isinstance(action_space, _SPACES[algo]):
+        allowed = ", ".join(s.__name__ for s in _SPACES[algo])
+        raise ConfigError(
+            f"{where}: {algo} cannot act in the action space {action_space} (it supports {allowed}); "
+            f"choose another algorithm for this environment"
+        )
+
+
+def check_hyperparams(algo: str, hyperparams: Mapping[str, Any], where: str = "agent.hyperparams") -> None:
+    """Fail naming the key when a hyperparameter is not an argument of the algorithm's constructor."""
+    accepted = set(inspect.signature(ALGORITHMS[algo].__init__).parameters) - {"self", "policy", "env"}
+    unknown = sorted(set(hyperparams) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: {ALGORITHMS[algo].__name__} has no hyperparameter {unknown[0]!r}; "
+            f"it accepts: {', '.join(sorted(accepted))}"
+        )
+
+
+def make_vec_env(
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    n_envs: int,
+    seed: int,
+    algo: str,
+    subprocess: bool = False,
+) -> VecEnv:
+    """``n_envs`` copies of ``env_id`` as an SB3 VecEnv, seeded ``seed, seed + 1, ...``.
+
+    Each copy is wrapped in ``Monitor`` (episode returns for SB3's logs) and, for SAC on a
+    discrete environment, in :class:`DiscreteAsBox`.
+    """
+    from stable_baselines3.common.monitor import Monitor
+
+    def factory(rank: int) -> Callable[[], gym.Env[Any, Any]]:
+        def make() -> gym.Env[Any, Any]:
+            env: gym.Env[Any, Any] = gym.make(env_id, **dict(env_kwargs))
+            if algo == "sac" and isinstance(env.action_space, spaces.Discrete):
+                env = DiscreteAsBox(env)
+            env = Monitor(env)
+            env.reset(seed=seed + rank)
+            return env
+
+        return make
+
+    fns = [factory(i) for i in range(n_envs)]
+    venv: VecEnv = SubprocVecEnv(fns) if subprocess and n_envs > 1 else DummyVecEnv(fns)
+    venv.seed(seed)
+    return venv
+
+
+def build_model(
+    algo: str,
+    venv: VecEnv,
+    hyperparams: Mapping[str, Any],
+    seed: int,
+    policy: str = "MlpPolicy",
+    device: str = "cpu",
+) -> BaseAlgorithm:
+    """An untrained SB3 model of ``algo`` on ``venv``, after validating algorithm and hyperparameters."""
+    check_algorithm(algo, venv.action_space)
+    check_hyperparams(algo, hyperparams)
+    try:
+        return ALGORITHMS[algo](policy, venv, seed=seed, device=device, verbose=0, **dict(hyperparams))
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"agent.hyperparams: {ALGORITHMS[algo].__name__} rejected them: {exc}") from exc
+
+
+class SB3Policy:
+    """A trained SB3 model as a servegym policy: deterministic actions on raw observations.
+
+    Attributes an exporter reads: ``model`` (the SB3 algorithm), ``algo``, ``layout``,
+    ``obs_rms`` (``(mean, var)`` of VecNormalize, or None), ``clip_obs``, ``epsilon`` and
+    ``discrete_n`` (the ``n`` of :class:`DiscreteAsBox`, or None). ``act`` normalises the
+    observation with the frozen statistics — ``clip((obs - mean) / sqrt(var + epsilon),
+    -clip_obs, clip_obs)`` as VecNormalize does — and post-processes the network's
+    action exactly as training did.
+    """
+
+    def __init__(
+        self,
+        model: BaseAlgorithm,
+        algo: str,
+        layout: Layout,
+        obs_rms: tuple[np.ndarray, np.ndarray] | None = None,
+        clip_obs: float = 10.0,
+        epsilon: float = 1e-8,
+        discrete_n: int | None = None,
+        env_id: str = "",
+    ) -> None:
+        self.model = model
+        self.algo = algo
+        self.layout = layout
+        self.obs_rms = obs_rms
+        self.clip_obs = float(clip_obs)
+        self.epsilon = float(epsilon)
+        self.discrete_n = discrete_n
+        self.env_id = env_id
+
+    @classmethod
+    def from_training(cls, model: BaseAlgorithm, algo: str, layout: Layout, env_id: str) -> SB3Policy:
+        """Freeze a model and its VecNormalize statistics (if its env has them) into a policy."""
+        venv = model.get_env()
+        obs_rms = None
+        clip_obs, epsilon = 10.0, 1e-8
+        if isinstance(venv, VecNormalize) and venv.norm_obs:
+            rms = venv.obs_rms
+            assert not isinstance(rms, dict), "servegym observations are flat vectors"
+            obs_rms = (np.array(rms.mean, dtype=np.float64), np.array(rms.var, dtype=np.float64))
+            clip_obs, epsilon = float(venv.clip_obs), float(venv.epsilon)
+        discrete_n = None
+        if algo == "sac" and venv is not None:
+            wrapped = venv.get_attr("n") if venv.has_attr("n") else None
+            discrete_n = int(wrapped[0]) if wrapped else None
+        return cls(model, algo, layout, obs_rms, clip_obs, epsilon, discrete_n, env_id)
+
+    def normalise(self, observation: np.ndarray) -> np.ndarray:
+        """The observation as the network saw it during training."""
+        obs = np.asarray(observation, dtype=np.float32)
+        if self.obs_rms is None:
+            return obs
+        mean, var = self.obs_rms
+        scaled = np.clip((obs - mean) / np.sqrt(var + self.epsilon), -self.clip_obs, self.clip_obs)
+        return np.asarray(scaled, dtype=np.float32)
+
+    def act(self, observation: np.ndarray, action_masks: np.ndarray | None = None) -> Any:
+        """The deterministic action for one raw observation (masks only matter for MaskablePPO)."""
+        from servegym.policies.base import checked_observation
+
+        obs = self.normalise(checked_observation(observation, self.layout, f"SB3Policy({self.algo})"))
+        if self.algo == "maskable_ppo":
+            action, _ = self.model.predict(obs, deterministic=True, action_masks=action_masks)  # type: ignore[call-arg]
+        else:
+            action, _ = self.model.predict(obs, deterministic=True)
+        if self.discrete_n is not None:
+            return to_discrete(action, self.discrete_n)
+        if np.ndim(action) == 0:
+            return int(action)
+        return np.asarray(action)
+
+    def reset(self) -> None:
+        """Stateless: a feed-forward network remembers nothing between decisions."""
+
+    def save(self, directory: Path) -> None:
+        """Write ``model.zip`` (SB3's format), ``obs_rms.npz`` and ``sb3.json`` into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save(directory / "model.zip")
+        if self.obs_rms is not None:
+            np.savez(directory / "obs_rms.npz", mean=self.obs_rms[0], var=self.obs_rms[1])
+        meta = {
+            "algo": self.algo,
+            "env_id": self.env_id,
+            "clip_obs": self.clip_obs,
+            "epsilon": self.epsilon,
+            "discrete_n": self.discrete_n,
+            "layout": {
+                "names": list(self.layout.names),
+                "low": self.layout.low.tolist(),
+                "high": self.layout.high.tolist(),
+            },
+        }
+        (directory / "sb3.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> SB3Policy:
+        """Read a policy written by :meth:`save`."""
+        meta = json.loads((directory / "sb3.json").read_text())
+        algo = meta["algo"]
+        if algo not in ALGORITHMS:
+            raise ValueError(f"{directory / 'sb3.json'}: unknown algorithm {algo!r}")
+        model = ALGORITHMS[algo].load(directory / "model.zip", device="cpu")
+        obs_rms = None
+        if (directory / "obs_rms.npz").exists():
+            with np.load(directory / "obs_rms.npz", allow_pickle=False) as f:
+                obs_rms = (f["mean"], f["var"])
+        lay = meta["layout"]
+        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        return cls(model, algo, layout, obs_rms, meta["clip_obs"], meta["epsilon"], meta["discrete_n"], meta["env_id"])
