@@ -198,8 +198,7 @@ class SB3Policy:
         obs_rms = None
         clip_obs, epsilon = 10.0, 1e-8
         if isinstance(venv, VecNormalize) and venv.norm_obs:
-            rms = venv.obs_rms
-            assert not isinstance(rms, dict), "servegym observations are flat vectors"
+            rms: Any = venv.obs_rms  # a RunningMeanStd: servegym observations are flat vectors
             obs_rms = (np.array(rms.mean, dtype=np.float64), np.array(rms.var, dtype=np.float64))
             clip_obs, epsilon = float(venv.clip_obs), float(venv.epsilon)
         discrete_n = None

@@ -387,9 +387,11 @@ class SemanticTier:
         sims = self._sims[tenant]
         while True:
             np.dot(emb, query, out=sims)
-            if sims.max() < self.threshold:  # most lookups miss: skip the argmax
-                return -1
+            # ndarray.argmax is a C method (max() goes through a Python wrapper): one
+            # reduction answers both "any match?" and "which row?".
             row = int(sims.argmax())
+            if sims[row] < self.threshold:  # most lookups miss
+                return -1
             if self.expires[tenant][row] > now:
                 self.recency[tenant].move_to_end(row)
                 return row

@@ -178,6 +178,9 @@ class Platform:
         )
         self.level_names = [t.name for t in self.tiers] + (["semantic"] if self.semantic is not None else [])
         self.n_levels = len(self.level_names)
+        self._billed_levels: list[ExactTier | SemanticTier] = [t for t in self.tiers if t.billed]
+        if self.semantic is not None and self.semantic.billed:
+            self._billed_levels.append(self.semantic)
         self.pool = Pool(scenario.pool, self.env, self.streams["cold_start"], self._dispatch)
         self.requests = Requests()
         self.incidents: list[Incident] = []
@@ -594,9 +597,11 @@ class Platform:
     # -- results ------------------------------------------------------------------------------
     def storage_usd(self) -> float:
         """Cache storage billed so far, all tiers."""
-        now = self.now
-        total = sum(t.storage_usd(now) for t in self.tiers)
-        return total + (self.semantic.storage_usd(now) if self.semantic is not None else 0.0)
+        now = self.env.now
+        total = 0.0
+        for tier in self._billed_levels:  # unbilled levels add exactly 0.0
+            total += tier.storage_usd(now)
+        return total
 
     def replica_usd(self) -> float:
         """Replica time billed so far."""
