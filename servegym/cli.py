@@ -118,8 +118,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+HYDRA_APPS = {
+    "train": "servegym.experiments.train",
+    "compare": "servegym.experiments.compare",
+    "export": "servegym.experiments.export",
+}
+"""Subcommands that are Hydra apps: their arguments are Hydra overrides (``key=value``, ``-m``, ``--help``)."""
+
+
+def _run_hydra_app(command: str, args: list[str]) -> int:
+    """Run the Hydra app behind ``servegym <command>`` with ``args`` as its command line."""
+    import importlib
+
+    module = importlib.import_module(HYDRA_APPS[command])
+    saved = sys.argv
+    sys.argv = [f"servegym {command}", *args]
+    try:
+        module.app()
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``servegym`` console script."""
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in and args_in[0] in HYDRA_APPS:
+        return _run_hydra_app(args_in[0], args_in[1:])
     parser = argparse.ArgumentParser(
         prog="servegym", description="Simulate and optimise an LLM agent-serving platform."
     )
@@ -156,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--duration", type=float, default=None, help="override the simulated duration in seconds")
     ev.add_argument("--param", action="append", default=[], metavar="policy.arg=value", help="a policy argument")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="scenario overrides")
-    args = parser.parse_args(argv)
+    for command in HYDRA_APPS:
+        sub.add_parser(command, help=f"Hydra app: servegym {command} key=value ... (see servegym {command} --help)")
+    args = parser.parse_args(args_in)
     try:
         return _simulate(args) if args.command == "simulate" else _evaluate(args)
     except (ConfigError, TraceError, ValueError) as exc:

@@ -1,0 +1,92 @@
+"""Hydra structured configs built from the simulator's own dataclasses.
+
+``servegym.sim.config`` defines every component as a frozen, validated dataclass. OmegaConf
+cannot take those as they are (it has no ``Literal``, and tuples are lists in YAML), so
+:func:`schema_of` derives from each one an OmegaConf-compatible twin with the same field
+names, defaults and nesting: ``Literal[...]`` becomes ``str``, ``tuple[X, ...]`` becomes
+``list[X]``. Registered as the ``schema/scenario`` node, the twin is merged under every
+scenario YAML, so Hydra rejects a misspelt key or a mistyped value while composing,
+naming the full key (``scenario.pool.max_replica``). Value checks (ranges, the allowed
+strings of a ``Literal``) then run in :func:`servegym.sim.config.scenario_from_dict`,
+before anything is simulated or trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Literal, Union, get_args, get_origin
+
+from hydra.core.config_store import ConfigStore
+
+from servegym.sim.config import ScenarioConfig
+
+__all__ = ["register_configs", "schema_of"]
+
+
+def _convert_type(tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return type(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        inner = _convert_type(args[0]) if len(args) == 1 else Any
+        return typing.Optional[inner]  # noqa: UP045 - OmegaConf needs a runtime Optional object
+    if origin is tuple:
+        return list[_convert_type(get_args(tp)[0])]  # type: ignore[misc]
+    if origin in (dict, typing.Mapping):
+        return dict[str, Any]
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return schema_of(tp)
+    return tp
+
+
+def _convert_value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        schema = schema_of(type(value))
+        return schema(**{f.name: _convert_value(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    if isinstance(value, tuple):
+        return [_convert_value(v) for v in value]
+    return value
+
+
+@cache
+def schema_of(cls: type) -> type:
+    """The OmegaConf-compatible twin of the simulator dataclass ``cls`` (cached per class)."""
+    hints = typing.get_type_hints(cls)
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(cls):
+        tp = _convert_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = _convert_value(f.default)
+            if isinstance(default, list) or dataclasses.is_dataclass(default):
+                fields.append((f.name, tp, dataclasses.field(default_factory=_factory(_copy, default))))
+            else:
+                fields.append((f.name, tp, dataclasses.field(default=default)))
+        elif f.default_factory is not dataclasses.MISSING:
+            factory = f.default_factory
+            fields.append((f.name, tp, dataclasses.field(default_factory=_factory(_convert_value, factory()))))
+        else:
+            fields.append((f.name, tp, dataclasses.field(default="???")))  # OmegaConf's MISSING
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+
+
+def _factory(convert: Callable[[Any], Any], value: Any) -> Callable[[], Any]:
+    """A default factory returning a fresh converted copy of ``value`` (no default is shared)."""
+    return lambda: convert(value)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value)
+    return value
+
+
+def register_configs() -> None:
+    """Register the structured scenario schema with Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(group="schema", name="scenario", node=schema_of(ScenarioConfig), package="scenario")

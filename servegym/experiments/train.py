@@ -1,0 +1,431 @@
+"""``servegym train``: train one learner on one environment and scenario, tracked in MLflow.
+
+A Hydra app (config ``servegym/conf/train.yaml``; groups ``scenario``, ``env``, ``agent``,
+``tracking``)::
+
+    servegym train env=autoscaling agent=ppo scenario=default seed=0 total_timesteps=50000
+    servegym train -m seed=0,1,2 agent=ppo,a2c       # multirun: every job its own MLflow run
+    servegym train resume=<run id>                   # continue an interrupted run
+
+Everything is validated before training starts (:func:`validate`): the scenario through
+the simulator's structured schema and :func:`~servegym.sim.config.scenario_from_dict`,
+the environment id, the algorithm against the action space, and every hyperparameter
+against the algorithm's constructor — each error names the config key.
+
+Each run records, at an absolute tracking URI (:mod:`servegym.experiments.tracking`): the
+resolved config as the artifact ``config/config.yaml`` and as flattened params; git
+commit, package versions and config hash as tags; SB3's training curves
+(``rollout/*``, ``train/*``, ``time/*``) and the simulator's KPIs of finished training
+episodes (``sim/*``), in batches; the KPIs of the final policy on ``eval_seeds``
+(``eval/*``, means, with ``eval/*_ci95`` half-widths); checkpoints
+(``checkpoints/latest/``); and the trained policy (``policy/``, loadable with
+:func:`servegym.agents.io.load_policy`).
+
+Interrupting training (Ctrl-C) writes a checkpoint at the current step, flushes every
+buffered metric and ends the run as KILLED; ``resume=<run id>`` reloads the run's own
+config and that checkpoint (model, VecNormalize statistics, replay buffer) and continues
+the same run from the same step count.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import hydra
+import mlflow
+import numpy as np
+import yaml
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+import servegym.envs  # noqa: F401 - registers the environments
+from servegym.agents.io import save_policy
+from servegym.agents.sb3 import ALGORITHMS, SB3Policy, build_model, check_algorithm, check_hyperparams, make_vec_env
+from servegym.envs import ENV_IDS
+from servegym.experiments.schema import register_configs
+from servegym.experiments.stats import estimate
+from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, run_name, tracking_uri
+from servegym.policies.base import Policy
+from servegym.sim.config import ConfigError, ScenarioConfig, scenario_from_dict
+
+__all__ = ["TrainResult", "TrainingInterruptedError", "Validated", "app", "evaluate_in_env", "run_training", "validate"]
+
+EVAL_KPIS = ("latency_p95_s", "latency_p50_s", "slo_attainment", "cost_usd", "hit_rate", "quality", "drop_rate")
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A train config after every check: what will be built, with nothing left to fail on."""
+
+    scenario: ScenarioConfig
+    env_id: str
+    env_kwargs: dict[str, Any]
+    agent: dict[str, Any]
+    kind: str
+    seed: int
+    total_timesteps: int
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_id: str
+    policy: Policy
+    timesteps: int
+    kpis: dict[str, float]
+
+
+class TrainingInterruptedError(RuntimeError):
+    """Training stopped early (Ctrl-C); the run's last checkpoint is at ``step``."""
+
+    def __init__(self, run_id: str, step: int) -> None:
+        super().__init__(
+            f"training interrupted at step {step}; checkpoint saved to MLflow run {run_id}. "
+            f"Resume with: servegym train resume={run_id}"
+        )
+        self.run_id = run_id
+        self.step = step
+
+
+def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} = {value!r} is invalid: must be an integer >= {minimum}")
+    return value
+
+
+def validate(cfg: Mapping[str, Any]) -> Validated:
+    """Check a composed train config completely; the ConfigError names the offending key."""
+    try:
+        scenario = scenario_from_dict(dict(cfg["scenario"]))
+    except ConfigError as exc:
+        raise ConfigError(f"scenario.{exc}") from exc
+    env = cfg.get("env") or {}
+    env_id = env.get("id")
+    if env_id not in ENV_IDS:
+        raise ConfigError(f"env.id = {env_id!r} is invalid: must be one of {', '.join(ENV_IDS)}")
+    env_kwargs = dict(env.get("kwargs") or {})
+    duration = cfg.get("episode_duration_s")
+    if duration is not None:
+        if not isinstance(duration, int | float) or not math.isfinite(duration) or duration <= 0:
+            raise ConfigError(f"episode_duration_s = {duration!r} is invalid: must be a positive number or null")
+        env_kwargs["duration_s"] = float(duration)
+    try:
+        probe = gym.make(env_id, scenario=scenario, **env_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"env.kwargs: {env_id} rejected them: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"env.kwargs: {exc}") from exc
+    agent = dict(cfg.get("agent") or {})
+    kind = agent.get("kind")
+    if kind == "sb3":
+        algo = agent.get("algo")
+        check_algorithm(str(algo), probe.action_space)
+        check_hyperparams(str(algo), dict(agent.get("hyperparams") or {}))
+        _int(agent, "n_envs", 1)
+    elif kind == "sklearn":
+        learner = agent.get("learner")
+        if not isinstance(learner, Mapping) or "_target_" not in learner:
+            raise ConfigError("agent.learner must be a mapping with a _target_ (the learner class)")
+    else:
+        raise ConfigError(f"agent.kind = {kind!r} is invalid: must be 'sb3' or 'sklearn'")
+    probe.close()
+    return Validated(
+        scenario=scenario,
+        env_id=env_id,
+        env_kwargs=env_kwargs,
+        agent=agent,
+        kind=kind,
+        seed=_int(cfg, "seed", 0),
+        total_timesteps=_int(cfg, "total_timesteps", 1),
+    )
+
+
+def _act(policy: Policy, env: gym.Env[Any, Any], obs: np.ndarray) -> Any:
+    if isinstance(policy, SB3Policy) and policy.algo == "maskable_ppo":
+        return policy.act(obs, action_masks=env.unwrapped.action_masks())  # type: ignore[attr-defined]
+    return policy.act(obs)
+
+
+def evaluate_in_env(
+    policy: Policy, env_id: str, env_kwargs: Mapping[str, Any], seeds: Sequence[int]
+) -> list[dict[str, float]]:
+    """Overall KPIs of one full episode per seed, ``policy`` acting on every decision of ``env_id``."""
+    out: list[dict[str, float]] = []
+    for seed in seeds:
+        env = gym.make(env_id, **dict(env_kwargs))
+        policy.reset()
+        obs, info = env.reset(seed=int(seed))
+        done = "kpis" in info
+        while not done:
+            obs, _, terminated, truncated, info = env.step(_act(policy, env, obs))
+            done = terminated or truncated
+        if "kpis" not in info:
+            raise RuntimeError(f"{env_id} ended without KPIs in info (TimeLimit before the scenario's horizon?)")
+        out.append(dict(info["kpis"]["all"]))
+        env.close()
+    return out
+
+
+class _MlflowWriter(KVWriter):
+    """SB3 logger output that buffers numeric values into a :class:`BatchLogger`."""
+
+    def __init__(self, batch: BatchLogger) -> None:
+        self.batch = batch
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        numeric = {
+            k: float(v)
+            for k, v in key_values.items()
+            if isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+        }
+        self.batch.log(numeric, step)
+
+    def close(self) -> None:
+        self.batch.flush()
+
+
+class _TrackingCallback(BaseCallback):
+    """Per-episode simulator KPIs (``sim/*``), periodic checkpoints and KPI evaluations."""
+
+    def __init__(self, trainer: _Trainer) -> None:
+        super().__init__()
+        self.trainer = trainer
+        self.last_checkpoint = 0
+        self.last_eval = 0
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
+            if done and "kpis" in info:
+                k = info["kpis"]["all"]
+                self.trainer.batch.log({f"sim/{name}": k[name] for name in EVAL_KPIS if name in k}, self.num_timesteps)
+        t = self.trainer
+        if t.checkpoint_every and self.num_timesteps - self.last_checkpoint >= t.checkpoint_every:
+            self.last_checkpoint = self.num_timesteps
+            t.checkpoint()
+        if t.eval_every and self.num_timesteps - self.last_eval >= t.eval_every:
+            self.last_eval = self.num_timesteps
+            t.log_eval(t.freeze(), step=self.num_timesteps)
+        return True
+
+
+class _Trainer:
+    """One SB3 or scikit-learn training run inside an active MLflow run."""
+
+    def __init__(self, v: Validated, cfg: Mapping[str, Any], run_id: str, batch: BatchLogger, workdir: Path) -> None:
+        self.v = v
+        self.cfg = cfg
+        self.run_id = run_id
+        self.batch = batch
+        self.workdir = workdir
+        self.client = MlflowClient()
+        self.checkpoint_every = int(cfg.get("checkpoint_every_steps") or 0)
+        self.eval_every = int(cfg.get("eval_every_steps") or 0)
+        self.eval_seeds = [int(s) for s in cfg.get("eval_seeds") or []]
+        self.model: BaseAlgorithm | None = None
+        self.layout = gym.make(v.env_id, scenario=v.scenario, **v.env_kwargs).unwrapped.layout  # type: ignore[attr-defined]
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"scenario": self.v.scenario, **self.v.env_kwargs}
+
+    # -- SB3 ----------------------------------------------------------------------------------
+    def _venv(self) -> VecEnv:
+        a = self.v.agent
+        venv = make_vec_env(
+            self.v.env_id, self.env_kwargs, int(a["n_envs"]), self.v.seed, a["algo"], bool(a.get("subprocess"))
+        )
+        return venv
+
+    def _normalised(self, venv: VecEnv) -> VecEnv:
+        a = self.v.agent
+        if not a.get("normalize"):
+            return venv
+        gamma = float((a.get("hyperparams") or {}).get("gamma", 0.99))
+        return VecNormalize(venv, norm_obs=True, norm_reward=bool(a.get("norm_reward")), gamma=gamma)
+
+    def build(self, resume_from: Path | None) -> BaseAlgorithm:
+        a = self.v.agent
+        venv = self._venv()
+        if resume_from is None:
+            model = build_model(a["algo"], self._normalised(venv), a.get("hyperparams") or {}, self.v.seed, a["policy"])
+        else:
+            if (resume_from / "vecnormalize.pkl").exists():
+                venv = VecNormalize.load(str(resume_from / "vecnormalize.pkl"), venv)
+            model = ALGORITHMS[a["algo"]].load(resume_from / "model.zip", env=venv, device="cpu")
+            if isinstance(model, OffPolicyAlgorithm) and (resume_from / "replay_buffer.pkl").exists():
+                model.load_replay_buffer(resume_from / "replay_buffer.pkl")
+        model.set_logger(Logger(folder=None, output_formats=[_MlflowWriter(self.batch)]))
+        self.model = model
+        return model
+
+    def checkpoint(self) -> None:
+        """Save model, normalisation statistics and replay buffer; log them as ``checkpoints/latest``."""
+        model = self.model
+        assert model is not None
+        path = self.workdir / "checkpoint"
+        path.mkdir(parents=True, exist_ok=True)
+        model.save(path / "model.zip")
+        venv = model.get_env()
+        if isinstance(venv, VecNormalize):
+            venv.save(str(path / "vecnormalize.pkl"))
+        if isinstance(model, OffPolicyAlgorithm):
+            model.save_replay_buffer(path / "replay_buffer.pkl")
+        (path / "state.yaml").write_text(yaml.safe_dump({"num_timesteps": int(model.num_timesteps)}))
+        self.batch.flush()
+        self.client.log_artifacts(self.run_id, str(path), "checkpoints/latest")
+
+    def freeze(self) -> SB3Policy:
+        assert self.model is not None
+        return SB3Policy.from_training(self.model, self.v.agent["algo"], self.layout, self.v.env_id)
+
+    def train_sb3(self, resume_from: Path | None, callbacks: Sequence[BaseCallback]) -> tuple[Policy, int]:
+        model = self.build(resume_from)
+        remaining = self.v.total_timesteps - int(model.num_timesteps)
+        progress = self.cfg.get("progress_bar", "auto")
+        show = sys.stderr.isatty() if progress == "auto" else bool(progress)
+        if remaining > 0:
+            try:
+                model.learn(
+                    remaining,
+                    callback=CallbackList([_TrackingCallback(self), *callbacks]),
+                    reset_num_timesteps=resume_from is None,
+                    progress_bar=show,
+                )
+            except KeyboardInterrupt:
+                self.checkpoint()
+                raise TrainingInterruptedError(self.run_id, int(model.num_timesteps)) from None
+        self.checkpoint()
+        return self.freeze(), int(model.num_timesteps)
+
+    # -- scikit-learn -------------------------------------------------------------------------
+    def train_sklearn(self) -> tuple[Policy, int]:
+        learner = hydra.utils.instantiate(self.v.agent["learner"])
+        env = gym.make(self.v.env_id, **self.env_kwargs)
+        policy: Policy = learner.learn(env, self.v.total_timesteps, self.v.seed, log=self.batch.log)
+        env.close()
+        return policy, self.v.total_timesteps
+
+    def log_eval(self, policy: Policy, step: int) -> dict[str, float]:
+        """KPIs of ``policy`` on the evaluation seeds, logged as ``eval/<kpi>`` (mean) and ``eval/<kpi>_ci95``."""
+        if not self.eval_seeds:
+            return {}
+        runs = evaluate_in_env(policy, self.v.env_id, self.env_kwargs, self.eval_seeds)
+        metrics: dict[str, float] = {}
+        for name in EVAL_KPIS:
+            values = [r[name] for r in runs if name in r and math.isfinite(r[name])]
+            if values:
+                est = estimate(values)
+                metrics[f"eval/{name}"] = est.mean
+                if math.isfinite(est.half_width):
+                    metrics[f"eval/{name}_ci95"] = est.half_width
+        self.batch.log(metrics, step)
+        return metrics
+
+
+def _download_checkpoint(client: MlflowClient, run_id: str, into: Path) -> Path:
+    try:
+        local = client.download_artifacts(run_id, "checkpoints/latest", str(into))
+    except Exception as exc:  # MLflow raises several types for a missing artifact
+        raise ConfigError(f"resume={run_id}: the run has no checkpoint to resume from ({exc})") from exc
+    return Path(local)
+
+
+def run_training(
+    cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[BaseCallback] = (), base_dir: str | Path | None = None
+) -> TrainResult:
+    """Validate ``cfg``, train, evaluate and record everything in one MLflow run.
+
+    ``callbacks`` are extra SB3 callbacks (for example to stop early); ``base_dir`` is the
+    directory a relative tracking URI is resolved against (default: the current one).
+    """
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    container: dict[str, Any] = {str(k): value for k, value in raw.items()}  # type: ignore[union-attr]
+    tracking = dict(container.get("tracking") or {})
+    mlflow.set_tracking_uri(tracking_uri(tracking.get("uri"), base_dir))
+    client = MlflowClient()
+    resume = container.get("resume")
+    with tempfile.TemporaryDirectory(prefix="servegym-train-") as tmp:
+        workdir = Path(tmp)
+        resume_from: Path | None = None
+        if resume:
+            try:
+                run = client.get_run(str(resume))
+            except Exception as exc:
+                raise ConfigError(f"resume={resume}: no such MLflow run at {mlflow.get_tracking_uri()}") from exc
+            logged = Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(workdir)))
+            container = {**yaml.safe_load(logged.read_text()), "resume": str(resume), "tracking": tracking}
+            resume_from = _download_checkpoint(client, run.info.run_id, workdir / "resume")
+        v = validate(container)
+        agent_name = str(v.agent.get("name", v.agent.get("algo", "agent")))
+        if resume:
+            active = mlflow.start_run(run_id=str(resume))
+        else:
+            experiment = mlflow.set_experiment(str(tracking.get("experiment", "servegym")))
+            active = mlflow.start_run(
+                experiment_id=experiment.experiment_id,
+                run_name=run_name(v.env_id, agent_name, v.scenario.name, v.seed),
+            )
+        with active as run:
+            run_id = run.info.run_id
+            if not resume:
+                logged_config = {k: v_ for k, v_ in container.items() if k != "resume"}
+                mlflow.log_params(flatten(logged_config))
+                mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), "config/config.yaml")
+                mlflow.set_tags(
+                    {
+                        **provenance_tags(logged_config),
+                        "servegym.env": v.env_id,
+                        "servegym.agent": agent_name,
+                        "servegym.kind": v.kind,
+                        "servegym.scenario": v.scenario.name,
+                        "servegym.seed": str(v.seed),
+                    }
+                )
+            with BatchLogger(run_id, client, int(tracking.get("flush_every", 500))) as batch:
+                trainer = _Trainer(v, container, run_id, batch, workdir)
+                try:
+                    if v.kind == "sb3":
+                        policy, steps = trainer.train_sb3(resume_from, callbacks)
+                    else:
+                        policy, steps = trainer.train_sklearn()
+                except TrainingInterruptedError:
+                    batch.flush()
+                    mlflow.end_run(status="KILLED")
+                    raise
+                kpis = trainer.log_eval(policy, steps)
+                batch.flush()
+            save_policy(policy, workdir / "policy")
+            mlflow.log_artifacts(str(workdir / "policy"), "policy")
+    return TrainResult(run_id=run_id, policy=policy, timesteps=steps, kpis=kpis)
+
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="train")
+def app(cfg: DictConfig) -> None:
+    """Hydra entry point of ``servegym train``."""
+    try:
+        result = run_training(cfg, base_dir=hydra.utils.get_original_cwd())
+    except ConfigError as exc:
+        print(f"servegym train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingInterruptedError as exc:
+        print(f"servegym train: {exc}", file=sys.stderr)
+        sys.exit(130)
+    shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in result.kpis.items() if not k.endswith("_ci95"))
+    print(f"run {result.run_id}: {result.timesteps} steps; {shown}")
