@@ -304,6 +304,7 @@ class _Trainer:
                     callback=CallbackList([_TrackingCallback(self), *callbacks]),
                     reset_num_timesteps=resume_from is None,
                     progress_bar=show,
+                    log_interval=1,  # every rollout (on-policy) or episode (off-policy)
                 )
             except KeyboardInterrupt:
                 self.checkpoint()

@@ -1,0 +1,236 @@
+"""servegym train: config composition and validation, every SB3 learner, MLflow records, resume, multirun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+from stable_baselines3.common.callbacks import BaseCallback
+
+from servegym.agents.io import load_policy
+from servegym.experiments.schema import register_configs
+from servegym.experiments.train import TrainingInterruptedError, run_training, validate
+from servegym.sim.config import ConfigError
+
+register_configs()
+
+# Tiny runs: 300 s episodes are 20 control intervals; a handful of updates is enough to
+# check the plumbing, not to learn anything.
+TINY = [
+    "episode_duration_s=300",
+    "total_timesteps=64",
+    "checkpoint_every_steps=32",
+    "eval_seeds=[7]",
+    "progress_bar=false",
+    "agent.n_envs=1",
+]
+TINY_HYPERPARAMS = {
+    "ppo": ["agent.hyperparams.n_steps=32", "agent.hyperparams.batch_size=32"],
+    "maskable_ppo": ["agent.hyperparams.n_steps=32", "agent.hyperparams.batch_size=32"],
+    "a2c": ["agent.hyperparams.n_steps=8"],
+    "dqn": ["agent.hyperparams.learning_starts=16", "agent.hyperparams.batch_size=16"],
+    "sac": ["agent.hyperparams.learning_starts=16", "agent.hyperparams.batch_size=16"],
+}
+
+
+def _compose(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="servegym.conf", version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One SQLite tracking store for the module (creating its tables takes seconds)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    yield uri
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+# -- composition and validation --------------------------------------------------------------
+def test_default_config_composes_and_validates() -> None:
+    cfg = _compose()
+    v = validate(dict(_plain(cfg)))
+    assert v.env_id == "servegym/Autoscaling-v0"
+    assert v.kind == "sb3" and v.agent["algo"] == "ppo"
+    assert v.scenario.name == "default"
+
+
+def test_misspelt_scenario_key_fails_at_composition_naming_it() -> None:
+    with pytest.raises(ConfigCompositionException, match=r"scenario\.pool\.max_replica"):
+        _compose("scenario.pool.max_replica=10")
+    with pytest.raises(ConfigCompositionException, match=r"scenario\.pool\.max_replicas=abc"):
+        _compose("scenario.pool.max_replicas=abc")
+
+
+def test_unknown_agent_lists_the_choices() -> None:
+    with pytest.raises(MissingConfigException, match="agent/nope"):
+        _compose("agent=nope")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["scenario.workload.kind=fractal"], r"scenario\.workload\.kind"),
+        (["scenario.pool.min_replicas=40"], r"scenario\.pool\."),
+        (["+agent.hyperparams.n_step=3"], r"agent\.hyperparams\.n_step: PPO has no hyperparameter 'n_step'"),
+        (["agent=dqn", "env=caching"], r"agent\.algo: dqn cannot act in the action space MultiDiscrete"),
+        (["env.kwargs.cost_weight=-1"], r"cost_weight"),
+        (["episode_duration_s=-5"], r"episode_duration_s = -5"),
+        (["total_timesteps=0"], r"total_timesteps = 0"),
+        (["+env.kwargs.colour=blue"], r"env\.kwargs"),
+    ],
+)
+def test_invalid_values_fail_before_training_naming_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(_plain(_compose(*overrides)))
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+# -- every learner, recorded in MLflow -------------------------------------------------------
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "sac", "maskable_ppo"])
+def test_each_sb3_learner_trains_and_yields_a_policy(algo: str, store: str, tmp_path: Path) -> None:
+    cfg = _compose(f"agent={algo}", *TINY, *TINY_HYPERPARAMS[algo], f"tracking.uri={store}")
+    result = run_training(cfg)
+    assert result.timesteps >= 64
+    env = gym.make("servegym/Autoscaling-v0", duration_s=300.0)
+    obs, _ = env.reset(seed=0)
+    action = result.policy.act(obs)
+    assert env.action_space.contains(action)
+    # what MLflow holds is the same policy
+    client = MlflowClient(store)
+    local = client.download_artifacts(result.run_id, "policy", str(tmp_path))
+    reloaded = load_policy(local)
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        assert reloaded.act(obs) == result.policy.act(obs)
+
+
+def test_a_run_records_config_params_metrics_and_model(store: str, tmp_path: Path) -> None:
+    cfg = _compose("agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}", "seed=3")
+    result = run_training(cfg)
+    runs = mlflow.search_runs(experiment_names=["servegym"], filter_string=f"attributes.run_id = '{result.run_id}'")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["status"] == "FINISHED"
+    assert row["tags.mlflow.runName"] == "Autoscaling-v0__ppo__default__seed3"
+    assert row["params.agent.hyperparams.n_steps"] == "32"
+    assert row["params.scenario.pool.max_replicas"] == "48"
+    assert row["tags.servegym.config_hash"]
+    assert row["tags.version.stable-baselines3"]
+    for metric in ("eval/latency_p95_s", "eval/cost_usd", "eval/slo_attainment", "train/value_loss", "sim/cost_usd"):
+        assert np.isfinite(row[f"metrics.{metric}"]), metric
+    client = MlflowClient(store)
+    config = yaml.safe_load(Path(client.download_artifacts(result.run_id, "config/config.yaml", str(tmp_path))).read_text())
+    assert config["seed"] == 3 and config["agent"]["algo"] == "ppo"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "policy")}
+    assert {"policy/model.zip", "policy/policy.json", "policy/obs_rms.npz"} <= artifacts
+    # metrics went in batches at the SB3 logging steps, with increasing steps
+    steps = [m.step for m in client.get_metric_history(result.run_id, "time/total_timesteps")]
+    assert steps == sorted(steps) and len(steps) >= 2
+
+
+def test_same_seed_same_policy(store: str) -> None:
+    first = run_training(_compose("agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}"))
+    second = run_training(_compose("agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}"))
+    assert first.kpis == second.kpis
+    a = first.policy.model.policy.state_dict()  # type: ignore[attr-defined]
+    b = second.policy.model.policy.state_dict()  # type: ignore[attr-defined]
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+class _Interrupt(BaseCallback):
+    """Simulates Ctrl-C once training passes ``at`` steps."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.at:
+            raise KeyboardInterrupt
+        return True
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_interrupted_training_resumes_into_the_same_run(algo: str, store: str) -> None:
+    overrides = [f"agent={algo}", *TINY, *TINY_HYPERPARAMS[algo], f"tracking.uri={store}", "total_timesteps=96"]
+    with pytest.raises(TrainingInterruptedError) as info:
+        run_training(_compose(*overrides), callbacks=[_Interrupt(at=40)])
+    run_id = info.value.run_id
+    client = MlflowClient(store)
+    assert client.get_run(run_id).info.status == "KILLED"
+    before = max(m.step for m in client.get_metric_history(run_id, "time/total_timesteps"))
+    assert before <= info.value.step
+
+    resumed = run_training({"resume": run_id, "tracking": {"uri": store}})
+    assert resumed.run_id == run_id
+    assert resumed.timesteps >= 96
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run_id, "time/total_timesteps")
+    after = [m.step for m in history if m.step > info.value.step]
+    assert after, "no metrics logged after the resume point"
+    # the step count continued from the checkpoint instead of restarting at zero
+    assert min(after) > info.value.step
+    assert "eval/cost_usd" in run.data.metrics
+
+
+def test_resume_of_unknown_run_is_a_clear_error(store: str) -> None:
+    with pytest.raises(ConfigError, match="resume=0123abc: no such MLflow run"):
+        run_training({"resume": "0123abc", "tracking": {"uri": store}})
+
+
+def test_cli_multirun_makes_one_mlflow_run_per_job(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "servegym.cli",
+        "train",
+        "-m",
+        "seed=0,1",
+        *TINY,
+        *TINY_HYPERPARAMS["ppo"],
+        f"tracking.uri={uri}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("servegym")
+    assert experiment is not None
+    found = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in found) == [
+        "Autoscaling-v0__ppo__default__seed0",
+        "Autoscaling-v0__ppo__default__seed1",
+    ]
+    assert all(r.info.status == "FINISHED" for r in found)
+
+
+def test_cli_reports_a_bad_value_without_a_traceback(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "servegym.cli", "train", "agent=dqn", "env=caching", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "agent.algo: dqn cannot act" in done.stderr
+    assert "Traceback" not in done.stderr
