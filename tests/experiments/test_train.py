@@ -140,7 +140,8 @@ def test_a_run_records_config_params_metrics_and_model(store: str, tmp_path: Pat
     for metric in ("eval/latency_p95_s", "eval/cost_usd", "eval/slo_attainment", "train/value_loss", "sim/cost_usd"):
         assert np.isfinite(row[f"metrics.{metric}"]), metric
     client = MlflowClient(store)
-    config = yaml.safe_load(Path(client.download_artifacts(result.run_id, "config/config.yaml", str(tmp_path))).read_text())
+    config_path = Path(client.download_artifacts(result.run_id, "config/config.yaml", str(tmp_path)))
+    config = yaml.safe_load(config_path.read_text())
     assert config["seed"] == 3 and config["agent"]["algo"] == "ppo"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "policy")}
     assert {"policy/model.zip", "policy/policy.json", "policy/obs_rms.npz"} <= artifacts
