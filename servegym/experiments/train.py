@@ -62,7 +62,16 @@ from servegym.sim.config import ConfigError, ScenarioConfig, scenario_from_dict
 
 __all__ = ["TrainResult", "TrainingInterruptedError", "Validated", "app", "evaluate_in_env", "run_training", "validate"]
 
-EVAL_KPIS = ("latency_p95_s", "latency_p50_s", "slo_attainment", "cost_usd", "hit_rate", "quality", "drop_rate")
+EVAL_KPIS = (
+    "episode_return",
+    "latency_p95_s",
+    "latency_p50_s",
+    "slo_attainment",
+    "cost_usd",
+    "hit_rate",
+    "quality",
+    "drop_rate",
+)
 
 
 @dataclass(frozen=True)
@@ -163,19 +172,24 @@ def _act(policy: Policy, env: gym.Env[Any, Any], obs: np.ndarray) -> Any:
 def evaluate_in_env(
     policy: Policy, env_id: str, env_kwargs: Mapping[str, Any], seeds: Sequence[int]
 ) -> list[dict[str, float]]:
-    """Overall KPIs of one full episode per seed, ``policy`` acting on every decision of ``env_id``."""
+    """Overall KPIs of one full episode per seed, ``policy`` acting on every decision of ``env_id``.
+
+    Each dict also carries ``episode_return``, the undiscounted sum of the env's rewards.
+    """
     out: list[dict[str, float]] = []
     for seed in seeds:
         env = gym.make(env_id, **dict(env_kwargs))
         policy.reset()
         obs, info = env.reset(seed=int(seed))
         done = "kpis" in info
+        total = 0.0
         while not done:
-            obs, _, terminated, truncated, info = env.step(_act(policy, env, obs))
+            obs, reward, terminated, truncated, info = env.step(_act(policy, env, obs))
+            total += float(reward)
             done = terminated or truncated
         if "kpis" not in info:
             raise RuntimeError(f"{env_id} ended without KPIs in info (TimeLimit before the scenario's horizon?)")
-        out.append(dict(info["kpis"]["all"]))
+        out.append({**info["kpis"]["all"], "episode_return": total})
         env.close()
     return out
 
