@@ -29,6 +29,8 @@ the same run from the same step count.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 import sys
 import tempfile
@@ -51,12 +53,14 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import servegym.envs  # noqa: F401 - registers the environments
-from servegym.agents.io import save_policy
+from servegym.agents.io import load_policy, save_policy
 from servegym.agents.sb3 import ALGORITHMS, SB3Policy, build_model, check_algorithm, check_hyperparams, make_vec_env
 from servegym.envs import ENV_IDS
+from servegym.experiments.evaluate import DECISIONS
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate
 from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, run_name, tracking_uri
+from servegym.policies import make_policy, scaling_kwargs
 from servegym.policies.base import Policy
 from servegym.sim.config import ConfigError, ScenarioConfig, scenario_from_dict
 
@@ -116,6 +120,30 @@ def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
     return value
 
 
+def _check_learner(agent: Mapping[str, Any], env_id: str) -> None:
+    """The learner's class exists, takes the configured arguments and trains on ``env_id``."""
+    learner = agent.get("learner")
+    if not isinstance(learner, Mapping) or "_target_" not in learner:
+        raise ConfigError("agent.learner must be a mapping with a _target_ (the learner class)")
+    envs = list(agent.get("envs") or [])
+    if envs and env_id not in envs:
+        raise ConfigError(f"env.id = {env_id!r}: agent {agent.get('name')!r} trains on {', '.join(envs)} only")
+    target = str(learner["_target_"])
+    module_name, _, name = target.rpartition(".")
+    if not module_name.startswith("servegym."):
+        raise ConfigError(f"agent.learner._target_ = {target!r} is invalid: learners live in servegym.agents")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"agent.learner._target_ = {target!r}: no such class ({exc})") from exc
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    for key in learner:
+        if key != "_target_" and key not in accepted:
+            raise ConfigError(
+                f"agent.learner.{key}: {name} has no argument {key!r}; it accepts: {', '.join(sorted(accepted))}"
+            )
+
+
 def validate(cfg: Mapping[str, Any]) -> Validated:
     """Check a composed train config completely; the ConfigError names the offending key."""
     try:
@@ -146,9 +174,7 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
         check_hyperparams(str(algo), dict(agent.get("hyperparams") or {}))
         _int(agent, "n_envs", 1)
     elif kind == "sklearn":
-        learner = agent.get("learner")
-        if not isinstance(learner, Mapping) or "_target_" not in learner:
-            raise ConfigError("agent.learner must be a mapping with a _target_ (the learner class)")
+        _check_learner(agent, env_id)
     else:
         raise ConfigError(f"agent.kind = {kind!r} is invalid: must be 'sb3' or 'sklearn'")
     probe.close()
@@ -328,11 +354,47 @@ class _Trainer:
 
     # -- scikit-learn -------------------------------------------------------------------------
     def train_sklearn(self) -> tuple[Policy, int]:
-        learner = hydra.utils.instantiate(self.v.agent["learner"])
         env = gym.make(self.v.env_id, **self.env_kwargs)
+        extra: dict[str, Any] = {}
+        if self.v.agent.get("name") == "distill":
+            extra["teacher"] = self.teacher(env)
+        try:
+            learner = hydra.utils.instantiate(self.v.agent["learner"], **extra)
+        except Exception as exc:  # Hydra wraps the constructor's ValueError
+            raise ConfigError(f"agent.learner: {exc}") from exc
         policy: Policy = learner.learn(env, self.v.total_timesteps, self.v.seed, log=self.batch.log)
         env.close()
         return policy, self.v.total_timesteps
+
+    def teacher(self, env: gym.Env[Any, Any]) -> Policy:
+        """The policy to distil: a trained run's (``agent.teacher_run``) or a heuristic (``agent.teacher_policy``)."""
+        a = self.v.agent
+        if a.get("teacher_run"):
+            run_id = str(a["teacher_run"])
+            try:
+                local = self.client.download_artifacts(run_id, "policy", str(self.workdir / "teacher"))
+            except Exception as exc:
+                raise ConfigError(f"agent.teacher_run = {run_id!r}: no policy artifact in that run ({exc})") from exc
+            return load_policy(local)
+        name = str(a.get("teacher_policy"))
+        decision = DECISIONS.get(name)
+        kwargs: dict[str, Any] = dict(a.get("teacher_params") or {})
+        layout = env.unwrapped.layout  # type: ignore[attr-defined]
+        if decision == "scaling":
+            kwargs = {**scaling_kwargs(self.v.scenario), **kwargs}
+        elif decision == "routing":
+            kwargs = {"layout": layout, "backend_names": [b.name for b in self.v.scenario.backends], **kwargs}
+        elif decision == "admission":
+            kwargs = {"layout": layout, **kwargs}
+        else:
+            raise ConfigError(
+                f"agent.teacher_policy = {name!r} is invalid: give a scaling, routing or admission heuristic "
+                f"(e.g. hpa, cascade, frequency) or agent.teacher_run"
+            )
+        try:
+            return make_policy(name, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"agent.teacher_params: {exc}") from exc
 
     def log_eval(self, policy: Policy, step: int) -> dict[str, float]:
         """KPIs of ``policy`` on the evaluation seeds, logged as ``eval/<kpi>`` (mean) and ``eval/<kpi>_ci95``."""
