@@ -1,0 +1,901 @@
+"""Export trained and tuned policies as self-contained bundles for production services.
+
+A bundle is a directory that :mod:`servegym.deploy.runtime` (copied into it as
+``servegym_runtime.py``) loads with numpy alone. :func:`export_policy` takes any policy
+servegym produces and writes:
+
+* ``spec.json``: the observation features in order with units and valid ranges, the
+  policy's kind and parameters (VecNormalize statistics included), the meaning of each
+  action, the ONNX graph's interface, provenance (MLflow run, config hash, servegym
+  version, evaluation KPIs) and the sha256 of every other file, its own digest last;
+* ``weights.npz``: network layers, linear coefficients or tree arrays (never pickle);
+* ``policy.onnx``: the same policy as an ONNX graph, exported from the torch modules
+  themselves (networks) or by skl2onnx (scikit-learn models). Heuristics have none:
+  their rules are control flow over windows and cooldowns kept between calls, which an
+  ONNX graph could only carry as explicit state inputs and outputs; the numpy runtime
+  is their executable form, and ``spec.json`` says so under ``onnx.reason``;
+* ``servegym_runtime.py``: the runtime module.
+
+Supported: stable-baselines3 PPO, A2C, DQN, SAC and sb3-contrib MaskablePPO with
+``MlpPolicy`` (wrapped in the ``SB3Policy`` of :mod:`servegym.agents.sb3` or given with
+their layout), scikit-learn estimators (linear models and trees natively, others
+through ONNX), and every heuristic of :mod:`servegym.policies`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import math
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from servegym import __version__
+from servegym.deploy import runtime
+from servegym.policies.caching import AdmitAll, AdmitNone, FixedThreshold, FrequencyAdmission
+from servegym.policies.routing import (
+    Cheapest,
+    DifficultyCascade,
+    JoinShortestQueue,
+    PowerOfTwoChoices,
+    RandomRouter,
+    RoundRobin,
+    Strongest,
+)
+from servegym.policies.scaling import HPA, KPA, ScheduledScaling, StaticScaling, StepScaling
+
+__all__ = [
+    "ACTION_MEANINGS",
+    "ExportError",
+    "FeatureLayout",
+    "export_heuristic",
+    "export_policy",
+    "export_sb3",
+    "export_sklearn",
+    "feature_unit",
+]
+
+ONNX_FILE = "policy.onnx"
+ONNX_OPSET = 17
+
+
+class ExportError(Exception):
+    """A policy that cannot be exported, with what was wrong and what would work."""
+
+
+class FeatureLayout(Protocol):
+    """Names and bounds of observation features (:class:`servegym.envs.features.Layout` is one)."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def low(self) -> np.ndarray: ...
+
+    @property
+    def high(self) -> np.ndarray: ...
+
+
+ACTION_MEANINGS: dict[str, list[str]] = {
+    "servegym/Autoscaling-v0": ["target replica count (below pool.min_replicas is invalid and masked)"],
+    "servegym/Routing-v0": ["index of the model backend that serves the request"],
+    "servegym/Caching-v0": [
+        "admission: 0 stores nothing, k stores the answer in cache level k-1 and every slower level",
+        "index into the environment's semantic-threshold grid",
+    ],
+    "servegym/Platform-v0": [
+        "target replica count (below pool.min_replicas is invalid and masked)",
+        "index into the environment's routing-margin grid",
+        "index into the environment's semantic-threshold grid",
+    ],
+}
+"""What each component of each environment's action means, for ``spec.json``."""
+
+_UNITS_EXACT = {
+    "arrival_rate_rps": "requests/s",
+    "queue_len": "requests",
+    "utilisation": "fraction of slots busy",
+    "ready_replicas": "replicas",
+    "provisioning_replicas": "replicas",
+    "draining_replicas": "replicas",
+    "target_replicas": "replicas",
+    "slo_violation_rate": "fraction of finished requests",
+    "hit_rate": "fraction of requests",
+    "semantic_threshold": "cosine similarity",
+    "time_of_day_sin": "sin(2 pi t / 86400 s)",
+    "time_of_day_cos": "cos(2 pi t / 86400 s)",
+    "log_prompt_tokens": "log1p(tokens)",
+    "log_output_tokens": "log1p(tokens)",
+    "difficulty": "probability scale 0..1",
+    "good_answer": "0 or 1",
+    "key_requests": "requests",
+    "log_key_age_s": "log1p(s)",
+    "routing_margin": "capability",
+}
+_UNITS_PREFIX = {
+    "tenant_": "one-hot",
+    "busy_": "calls in progress",
+    "capability_": "probability scale 0..1",
+    "usd_per_mtok_out_": "USD per million output tokens",
+    "fill_": "fraction of capacity",
+}
+
+
+def feature_unit(name: str) -> str | None:
+    """The unit of a servegym observation feature, from its name (None when unknown)."""
+    if name in _UNITS_EXACT:
+        return _UNITS_EXACT[name]
+    for prefix, unit in _UNITS_PREFIX.items():
+        if name.startswith(prefix):
+            return unit
+    if name.endswith("_s"):
+        return "s"
+    if name.endswith("_usd"):
+        return "USD"
+    if name.endswith("_tokens"):
+        return "tokens"
+    return None
+
+
+@dataclass
+class _Export:
+    """What one exporter produced, before it is written as a bundle."""
+
+    policy: dict[str, Any]
+    action: dict[str, Any]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    onnx: bytes | None = None
+    onnx_info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def _features(layout: FeatureLayout) -> list[dict[str, Any]]:
+    names = list(layout.names)
+    low = np.asarray(layout.low, dtype=np.float64)
+    high = np.asarray(layout.high, dtype=np.float64)
+    if low.shape != (len(names),) or high.shape != (len(names),):
+        raise ExportError(f"layout bounds have shapes {low.shape} and {high.shape}, expected ({len(names)},)")
+    return [
+        {
+            "name": n,
+            "unit": feature_unit(n),
+            "low": float(lo) if math.isfinite(lo) else None,
+            "high": float(hi) if math.isfinite(hi) else None,
+        }
+        for n, lo, hi in zip(names, low, high, strict=True)
+    ]
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and non-finite floats as None (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_bundle(
+    out: str | Path, layout: FeatureLayout, export: _Export, provenance: Mapping[str, Any] | None, overwrite: bool
+) -> Path:
+    """Write ``export`` as a bundle in ``out`` (atomically: a temporary sibling, then a rename)."""
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise ExportError(f"{target} exists and is not empty; choose another directory or pass overwrite=True")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be read by a service
+    try:
+        files: dict[str, str] = {}
+        if export.weights:
+            for name, array in export.weights.items():
+                if array.dtype == object:
+                    raise ExportError(f"weights[{name!r}] is an object array, which only pickle could store")
+            buffer = io.BytesIO()
+            np.savez(buffer, **export.weights)  # type: ignore[arg-type]
+            (staging / runtime.WEIGHTS_FILE).write_bytes(buffer.getvalue())
+        if export.onnx is not None:
+            (staging / ONNX_FILE).write_bytes(export.onnx)
+            onnx_section: dict[str, Any] = {"file": ONNX_FILE, "opset": ONNX_OPSET, **export.onnx_info}
+        else:
+            onnx_section = {"file": None, **export.onnx_info}
+        shutil.copyfile(Path(runtime.__file__), staging / runtime.RUNTIME_FILE)
+        for path in sorted(staging.iterdir()):
+            files[path.name] = runtime.file_sha256(path)
+        spec: dict[str, Any] = {
+            "format": runtime.FORMAT,
+            "format_version": runtime.FORMAT_VERSION,
+            "policy": export.policy,
+            "features": _features(layout),
+            "action": export.action,
+            "onnx": onnx_section,
+            "runtime": {
+                "file": runtime.RUNTIME_FILE,
+                "requires": ["numpy>=1.26"] + (["onnxruntime>=1.18"] if export.policy["kind"] == "onnx" else []),
+                "usage": "import servegym_runtime; policy = servegym_runtime.load(bundle_dir); policy.decide(obs)",
+            },
+            "provenance": {
+                "servegym_version": __version__,
+                "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                **dict(provenance or {}),
+            },
+            "files": files,
+        }
+        spec = _json_safe(spec)
+        spec["spec_sha256"] = runtime.spec_digest(spec)
+        (staging / runtime.SPEC_FILE).write_text(json.dumps(spec, indent=2, allow_nan=False) + "\n")
+        runtime.load(staging)  # the bundle must load before it replaces anything
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------------------------------
+# Heuristics
+
+
+def _scaling_params(policy: Any) -> dict[str, Any]:
+    return {
+        "min_replicas": policy.min_replicas,
+        "max_replicas": policy.max_replicas,
+        "slots_per_replica": policy.slots_per_replica,
+        "interval_s": policy.interval_s,
+    }
+
+
+_NO_ONNX = (
+    "heuristic rules (windows, cooldowns, schedules, counters) are control flow over state kept between "
+    "decisions; servegym_runtime.py is their executable form and replays them exactly"
+)
+
+
+def _heuristic(policy: Any) -> _Export:
+    """The kind, parameters and action of a :mod:`servegym.policies` heuristic."""
+    name = type(policy).__name__
+    source = f"{type(policy).__module__}.{name}"
+    kind: str
+    params: dict[str, Any]
+    if isinstance(policy, (StaticScaling, HPA, KPA, StepScaling, ScheduledScaling)):
+        params = _scaling_params(policy)
+        if isinstance(policy, StaticScaling):
+            kind, params["replicas"] = "static_scaling", policy.replicas
+        elif isinstance(policy, HPA):
+            kind = "hpa"
+            params |= {
+                "target_utilisation": policy.target_utilisation,
+                "tolerance": policy.tolerance,
+                "scale_down_stabilisation_s": policy.scale_down_stabilisation_s,
+                "scale_up_pods": policy.scale_up_pods,
+                "scale_up_percent": policy.scale_up_percent,
+                "scale_up_period_s": policy.scale_up_period_s,
+            }
+        elif isinstance(policy, KPA):
+            kind = "kpa"
+            params |= {
+                "target_concurrency": policy.target_concurrency,
+                "stable_window_s": policy.stable_window_s,
+                "panic_threshold": policy.panic_threshold,
+                "max_scale_up_rate": policy.max_scale_up_rate,
+                "max_scale_down_rate": policy.max_scale_down_rate,
+                "stable_intervals": policy.stable_intervals,
+                "panic_intervals": policy.panic_intervals,
+            }
+        elif isinstance(policy, StepScaling):
+            kind = "step_scaling"
+            # An unbounded upper bound is written as null (JSON has no infinity).
+            params |= {
+                "steps": [[lo, hi if math.isfinite(hi) else None, adj] for lo, hi, adj in policy.steps],
+                "cooldown_s": policy.cooldown_s,
+            }
+        else:
+            kind = "scheduled_scaling"
+            params |= {"starts_s": list(policy.starts), "replicas": list(policy.replicas)}
+        action = {
+            "type": "discrete",
+            "n": policy.max_replicas + 1,
+            "meaning": ["target replica count"],
+            "valid_range": [policy.min_replicas, policy.max_replicas],
+        }
+    elif isinstance(
+        policy,
+        (RoundRobin, RandomRouter, PowerOfTwoChoices, JoinShortestQueue, Cheapest, Strongest, DifficultyCascade),
+    ):
+        params = {"backend_names": list(policy.backend_names)}
+        if isinstance(policy, (RandomRouter, PowerOfTwoChoices)):
+            if policy.seed is not None and not isinstance(policy.seed, int):
+                raise ExportError(f"{name}: seed {policy.seed!r} must be an int (or None) to be reproducible")
+            params["seed"] = policy.seed
+        if isinstance(policy, DifficultyCascade):
+            params |= {"margin": policy.margin, "thresholds": dict(policy.thresholds)}
+        kind = {
+            RoundRobin: "round_robin",
+            RandomRouter: "random_router",
+            PowerOfTwoChoices: "power_of_two",
+            JoinShortestQueue: "jsq",
+            Cheapest: "cheapest",
+            Strongest: "strongest",
+            DifficultyCascade: "difficulty_cascade",
+        }[type(policy)]
+        action = {
+            "type": "discrete",
+            "n": policy.n_backends,
+            "meaning": ["index of the model backend that serves the request"],
+            "labels": list(policy.backend_names),
+        }
+    elif isinstance(policy, (AdmitAll, AdmitNone, FrequencyAdmission)):
+        if isinstance(policy, FrequencyAdmission):
+            kind, params = "frequency_admission", {"min_requests": policy.min_requests}
+        else:
+            kind, params = ("admit_all", {"value": 1}) if isinstance(policy, AdmitAll) else ("admit_none", {"value": 0})
+        levels = [n.removeprefix("fill_") for n in policy.layout.names if n.startswith("fill_")]
+        action = {
+            "type": "discrete",
+            "n": policy.n_levels + 1,
+            "meaning": ["admission: 0 stores nothing, k stores the answer in cache level k-1 and every slower level"],
+            "labels": ["none", *levels],
+        }
+    elif isinstance(policy, FixedThreshold):
+        kind, params = "fixed_threshold", {"value": policy.threshold}
+        action = {"type": "continuous", "shape": [], "meaning": ["semantic cache cosine-similarity threshold"]}
+    else:
+        raise ExportError(f"no exporter for the heuristic {source}")
+    return _Export(
+        policy={"kind": kind, "source": source, "stateful": kind in _STATEFUL, "params": params},
+        action=action,
+        onnx_info={"reason": _NO_ONNX},
+    )
+
+
+_STATEFUL = frozenset({"hpa", "kpa", "step_scaling", "round_robin", "random_router", "power_of_two"})
+
+
+def export_heuristic(
+    policy: Any,
+    out: str | Path,
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle for a heuristic of :mod:`servegym.policies` (its tuned parameters)."""
+    return _write_bundle(out, policy.layout, _heuristic(policy), provenance, overwrite)
+
+
+# ---------------------------------------------------------------------------------------
+# stable-baselines3 networks
+
+
+def _activation(module: Any) -> str:
+    import torch.nn as nn
+
+    if isinstance(module, nn.Tanh):
+        return "tanh"
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    raise ExportError(
+        f"activation {type(module).__name__} is not supported by the runtime; use Tanh or ReLU (SB3's defaults)"
+    )
+
+
+def _dense_stack(modules: Sequence[Any], where: str) -> tuple[list[Any], list[str]]:
+    """Linear layers and the activation after each (``identity`` when none) of a module sequence."""
+    import torch.nn as nn
+
+    linears: list[Any] = []
+    activations: list[str] = []
+    for module in modules:
+        if isinstance(module, nn.Linear):
+            linears.append(module)
+            activations.append("identity")
+        elif isinstance(module, (nn.Flatten, nn.Identity)):
+            continue
+        else:
+            if not linears or activations[-1] != "identity":
+                raise ExportError(f"{where}: {type(module).__name__} where a Linear layer was expected")
+            activations[-1] = _activation(module)
+    return linears, activations
+
+
+def _flat_features(extractor: Any, algo: str) -> None:
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    if not isinstance(extractor, FlattenExtractor):
+        raise ExportError(
+            f"{algo}: features extractor {type(extractor).__name__} is not supported; export MlpPolicy models "
+            "(FlattenExtractor over a Box observation)"
+        )
+
+
+def _sb3_network(model: Any, algo: str) -> tuple[list[Any], list[str], str, dict[str, Any]]:
+    """The actor (or Q network) of an SB3 model as dense layers, its head and head parameters."""
+    from gymnasium import spaces
+
+    policy = model.policy
+    space = model.action_space
+    extra: dict[str, Any] = {}
+    if algo == "dqn":
+        _flat_features(policy.q_net.features_extractor, algo)
+        linears, acts = _dense_stack(list(policy.q_net.q_net), "DQN q_net")
+        return linears, acts, "argmax", extra
+    if algo == "sac":
+        actor = policy.actor
+        _flat_features(actor.features_extractor, algo)
+        if getattr(actor, "use_sde", False):
+            raise ExportError("sac: gSDE actors are not supported; train with use_sde=False")
+        linears, acts = _dense_stack([*actor.latent_pi, actor.mu], "SAC actor")
+        return linears, acts, "squashed_box", extra
+    extractor = getattr(policy, "pi_features_extractor", policy.features_extractor)
+    _flat_features(extractor, algo)
+    linears, acts = _dense_stack([*policy.mlp_extractor.policy_net, policy.action_net], f"{algo} actor")
+    if isinstance(space, spaces.Discrete):
+        return linears, acts, "argmax", extra
+    if isinstance(space, spaces.MultiDiscrete):
+        extra["nvec"] = [int(n) for n in space.nvec]
+        return linears, acts, "multi_argmax", extra
+    if isinstance(space, spaces.Box):
+        return linears, acts, "squashed_box" if policy.squash_output else "box", extra
+    raise ExportError(f"{algo}: action space {space} is not supported (Discrete, MultiDiscrete or Box)")
+
+
+def _algo_name(model: Any) -> str:
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import A2C, DQN, PPO, SAC
+
+    if isinstance(model, MaskablePPO):
+        return "maskable_ppo"
+    for cls, name in ((PPO, "ppo"), (A2C, "a2c"), (DQN, "dqn"), (SAC, "sac")):
+        if isinstance(model, cls):
+            return name
+    raise ExportError(
+        f"no exporter for {type(model).__module__}.{type(model).__name__}; "
+        "supported: PPO, A2C, DQN, SAC, MaskablePPO with MlpPolicy"
+    )
+
+
+def _sb3_onnx(
+    linears: list[Any],
+    activations: list[str],
+    head: str,
+    normalisation: Mapping[str, Any] | None,
+    low: np.ndarray | None,
+    high: np.ndarray | None,
+    nvec: Sequence[int],
+    discrete_n: int | None,
+) -> bytes:
+    """The actor's own torch modules, wrapped with normalisation and the head, through ``torch.onnx.export``."""
+    import torch
+    import torch.nn as nn
+
+    layers: list[nn.Module] = []
+    for linear, act in zip(linears, activations, strict=True):
+        layers.append(linear)
+        if act == "tanh":
+            layers.append(nn.Tanh())
+        elif act == "relu":
+            layers.append(nn.ReLU())
+    net = nn.Sequential(*layers)
+
+    class Exported(nn.Module):
+        mean: torch.Tensor
+        std: torch.Tensor
+        low: torch.Tensor
+        high: torch.Tensor
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.normalise = normalisation is not None
+            if normalisation is not None:
+                var = torch.tensor(normalisation["var"], dtype=torch.float64)
+                self.register_buffer("mean", torch.tensor(normalisation["mean"], dtype=torch.float64))
+                self.register_buffer("std", torch.sqrt(var + float(normalisation["epsilon"])))
+                self.clip = float(normalisation["clip_obs"])
+            if low is not None and high is not None:
+                self.register_buffer("low", torch.tensor(low, dtype=torch.float32))
+                self.register_buffer("high", torch.tensor(high, dtype=torch.float32))
+
+        def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = observation
+            if self.normalise:  # in float64, as VecNormalize does, then float32 as SB3 feeds the network
+                x = torch.clamp((x.double() - self.mean) / self.std, -self.clip, self.clip).float()
+            scores = self.net(x.float())
+            if head == "argmax":
+                return scores.argmax(dim=1), scores
+            if head == "multi_argmax":
+                parts = torch.split(scores, list(nvec), dim=1)
+                return torch.stack([p.argmax(dim=1) for p in parts], dim=1), scores
+            a = scores
+            if head == "squashed_box":
+                a = self.low + 0.5 * (torch.tanh(a) + 1.0) * (self.high - self.low)
+            else:
+                a = torch.maximum(torch.minimum(a, self.high), self.low)
+            if discrete_n is not None:
+                n = discrete_n
+                a64 = a[:, 0].double()
+                return torch.clamp(torch.round((a64 + 1.0) / 2.0 * (n - 1)), 0, n - 1).long(), scores
+            return a, scores
+
+    module = Exported().eval()
+    example = torch.zeros((1, linears[0].in_features), dtype=torch.float32)
+    buffer = io.BytesIO()
+    # The TorchScript exporter: a second for these small graphs, where the dynamo one takes several.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,  # type: ignore[arg-type]  # file-like objects work with the TorchScript exporter
+            input_names=["observation"],
+            output_names=["action", "scores"],
+            dynamic_axes={"observation": {0: "batch"}, "action": {0: "batch"}, "scores": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def export_sb3(
+    model: Any,
+    layout: FeatureLayout,
+    out: str | Path,
+    *,
+    obs_rms: tuple[np.ndarray, np.ndarray] | None = None,
+    clip_obs: float = 10.0,
+    epsilon: float = 1e-8,
+    discrete_n: int | None = None,
+    env_id: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    onnx: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle for a stable-baselines3 model's deterministic action.
+
+    ``obs_rms`` is VecNormalize's ``(mean, var)``; the runtime then normalises as
+    ``clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)``. ``discrete_n``
+    maps a SAC actor's Box(-1, 1, (1,)) action back to ``Discrete(n)`` by rounding.
+    """
+    import torch
+
+    algo = _algo_name(model)
+    obs_space = model.observation_space
+    if len(obs_space.shape) != 1 or obs_space.shape[0] != len(layout.names):
+        raise ExportError(
+            f"{algo}: observation space shape {obs_space.shape} does not match the layout's "
+            f"{len(layout.names)} features"
+        )
+    linears, activations, head, extra = _sb3_network(model, algo)
+    weights: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for i, linear in enumerate(linears):
+            weights[f"W{i}"] = linear.weight.detach().cpu().numpy().astype(np.float32).T.copy()
+            bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+            weights[f"b{i}"] = bias.detach().cpu().numpy().astype(np.float32)
+    normalisation: dict[str, Any] | None = None
+    if obs_rms is not None:
+        mean, var = (np.asarray(v, dtype=np.float64) for v in obs_rms)
+        if mean.shape != (len(layout.names),) or var.shape != mean.shape:
+            raise ExportError(f"obs_rms shapes {mean.shape}, {var.shape} do not match {len(layout.names)} features")
+        normalisation = {
+            "kind": "vecnormalize",
+            "mean": mean.tolist(),
+            "var": var.tolist(),
+            "epsilon": float(epsilon),
+            "clip_obs": float(clip_obs),
+        }
+    low = high = None
+    space = model.action_space
+    if head in ("box", "squashed_box"):
+        low = np.asarray(space.low, dtype=np.float32)
+        high = np.asarray(space.high, dtype=np.float32)
+        weights["action_low"], weights["action_high"] = low, high
+    if discrete_n is not None and head not in ("box", "squashed_box"):
+        raise ExportError(f"{algo}: discrete_n is for Box actors mapped to Discrete(n), not a {head} head")
+    meaning = ACTION_MEANINGS.get(env_id or "", [f"action of {space}"])
+    action: dict[str, Any]
+    if head == "argmax":
+        action = {"type": "discrete", "n": int(space.n), "meaning": meaning, "masks": algo == "maskable_ppo"}
+    elif head == "multi_argmax":
+        action = {"type": "multi_discrete", "nvec": extra["nvec"], "meaning": meaning, "masks": algo == "maskable_ppo"}
+    elif discrete_n is not None:
+        action = {
+            "type": "discrete",
+            "n": int(discrete_n),
+            "meaning": meaning,
+            "from_box": "int(clip(rint((a + 1) / 2 * (n - 1)), 0, n - 1))",
+        }
+    else:
+        action = {"type": "continuous", "shape": list(space.shape), "low": low, "high": high, "meaning": meaning}
+    policy = {
+        "kind": "mlp",
+        "source": f"{type(model).__module__}.{type(model).__name__}",
+        "algo": algo,
+        "stateful": False,
+        "layers": len(linears),
+        "activations": activations,
+        "head": head,
+        "normalisation": normalisation,
+        "discrete_n": discrete_n,
+        **extra,
+    }
+    export = _Export(policy=policy, action=action, weights=weights)
+    if onnx:
+        export.onnx = _sb3_onnx(
+            linears, activations, head, normalisation, low, high, extra.get("nvec", []), discrete_n
+        )
+        export.onnx_info = {
+            "inputs": {"observation": "float32 [batch, n_features], raw (the graph normalises)"},
+            "outputs": {
+                "action": "the deterministic action",
+                "scores": "logits or Q-values before argmax (apply action masks here), or the raw actor output",
+            },
+        }
+    else:
+        export.onnx_info = {"reason": "not requested (onnx=False)"}
+    return _write_bundle(out, layout, export, provenance, overwrite)
+
+
+# ---------------------------------------------------------------------------------------
+# scikit-learn
+
+
+class _Names:
+    """A layout from names alone (bounds unknown)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.low = np.full(len(self.names), -np.inf)
+        self.high = np.full(len(self.names), np.inf)
+
+
+def _sklearn_native(estimator: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The ``linear`` or ``tree_ensemble`` form of an estimator, or None to go through ONNX."""
+    from sklearn.base import is_classifier  # type: ignore[import-untyped, unused-ignore]
+    from sklearn.ensemble import (  # type: ignore[import-untyped, unused-ignore]
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        GradientBoostingClassifier,
+        GradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped, unused-ignore]
+    from sklearn.linear_model._base import LinearModel  # type: ignore[import-untyped, unused-ignore]
+    from sklearn.tree import BaseDecisionTree  # type: ignore[import-untyped, unused-ignore]
+
+    classifier = is_classifier(estimator)
+    source = f"{type(estimator).__module__}.{type(estimator).__name__}"
+    if (isinstance(estimator, LinearModel) and not classifier) or isinstance(estimator, LogisticRegression):
+        coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+        intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+        policy: dict[str, Any] = {
+            "kind": "linear",
+            "source": source,
+            "stateful": False,
+            "output": "class" if classifier else "value",
+            "scalar": np.ndim(estimator.coef_) == 1,
+        }
+        if classifier:
+            policy["classes"] = estimator.classes_.tolist()
+        return policy, {"coef": coef.T.copy(), "intercept": intercept}
+
+    boosting = isinstance(estimator, (GradientBoostingClassifier, GradientBoostingRegressor))
+    if isinstance(estimator, BaseDecisionTree):
+        trees = [estimator]
+    elif isinstance(
+        estimator, (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
+    ):
+        trees = list(estimator.estimators_)
+    elif boosting:
+        trees = [t for stage in estimator.estimators_ for t in stage]  # stage-major, class-minor
+    else:
+        return None
+    if getattr(estimator, "n_outputs_", 1) != 1:
+        return None
+    features, thresholds, lefts, rights, values, roots = [], [], [], [], [], []
+    offset = 0
+    n_per_stage = estimator.estimators_.shape[1] if boosting else 1
+    for k, tree in enumerate(trees):
+        t = tree.tree_
+        roots.append(offset)
+        features.append(np.where(t.children_left >= 0, t.feature, 0))
+        thresholds.append(t.threshold)
+        lefts.append(np.where(t.children_left >= 0, t.children_left + offset, -1))
+        rights.append(np.where(t.children_right >= 0, t.children_right + offset, -1))
+        value = t.value[:, 0, :].astype(np.float64)  # (nodes, classes) or (nodes, 1)
+        if classifier and not boosting:
+            value = value / value.sum(axis=1, keepdims=True)  # proportions, as predict_proba
+        if boosting and n_per_stage > 1:  # one tree per class per stage: a one-hot column block
+            wide = np.zeros((len(value), n_per_stage))
+            wide[:, k % n_per_stage] = value[:, 0]
+            value = wide
+        values.append(value)
+        offset += t.node_count
+    width = max(v.shape[1] for v in values)
+    if any(v.shape[1] != width for v in values):
+        return None
+    policy = {
+        "kind": "tree_ensemble",
+        "source": source,
+        "stateful": False,
+        "output": "class" if classifier else "value",
+        "combine": "sum" if boosting else "mean",
+        "n_trees": len(trees),
+    }
+    weights = {
+        "feature": np.concatenate(features).astype(np.int64),
+        "threshold": np.concatenate(thresholds).astype(np.float64),
+        "left": np.concatenate(lefts).astype(np.int64),
+        "right": np.concatenate(rights).astype(np.int64),
+        "value": np.concatenate(values),
+        "roots": np.asarray(roots, dtype=np.int64),
+    }
+    if boosting:
+        # Multiclass stages hold one tree per class, each a one-hot column of the value
+        # block: adding the zero columns leaves every class sum exactly as scikit-learn adds it.
+        policy["learning_rate"] = float(estimator.learning_rate)
+        n = estimator.n_features_in_
+        try:
+            init = estimator._raw_predict_init(np.zeros((2, n), dtype=np.float32))
+        except Exception as exc:
+            raise ExportError(f"{source}: cannot evaluate its init estimator ({exc})") from exc
+        if not np.allclose(init[0], init[1]):  # a custom init model depends on X: not a constant
+            return None
+        weights["init"] = np.asarray(init[0], dtype=np.float64)
+    if classifier:
+        policy["classes"] = estimator.classes_.tolist()
+    return policy, weights
+
+
+def _sklearn_onnx(estimator: Any, n_features: int) -> tuple[bytes, str]:
+    """The estimator as an ONNX graph (skl2onnx) and the name of its prediction output."""
+    from skl2onnx import convert_sklearn  # type: ignore[import-untyped, unused-ignore]
+    from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped, unused-ignore]
+    from sklearn.base import is_classifier  # type: ignore[import-untyped, unused-ignore]
+
+    options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
+    try:
+        graph = convert_sklearn(
+            estimator,
+            initial_types=[("observation", FloatTensorType([None, n_features]))],
+            options=options,
+            target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"{type(estimator).__name__}: skl2onnx cannot convert it ({exc}); no native or ONNX export exists"
+        ) from exc
+    return graph.SerializeToString(), graph.graph.output[0].name
+
+
+def export_sklearn(
+    estimator: Any,
+    layout: FeatureLayout | Sequence[str],
+    out: str | Path,
+    *,
+    action: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle for a fitted scikit-learn estimator over the features of ``layout``.
+
+    Linear models, decision trees, random forests, extra trees and gradient boosting
+    run natively in the numpy runtime; any other estimator runs through its ONNX graph
+    (the runtime then needs onnxruntime). ``layout`` may be a plain list of feature names.
+    """
+    from sklearn.base import is_classifier  # type: ignore[import-untyped, unused-ignore]
+    from sklearn.utils.validation import check_is_fitted  # type: ignore[import-untyped, unused-ignore]
+
+    features: FeatureLayout = _Names(layout) if isinstance(layout, Sequence) else layout
+    try:
+        check_is_fitted(estimator)
+    except Exception as exc:
+        raise ExportError(f"{type(estimator).__name__} is not fitted: {exc}") from None
+    n = len(features.names)
+    if getattr(estimator, "n_features_in_", n) != n:
+        raise ExportError(
+            f"{type(estimator).__name__} was fitted on {estimator.n_features_in_} features, the layout has {n}"
+        )
+    graph, output_name = _sklearn_onnx(estimator, n)
+    native = _sklearn_native(estimator)
+    if native is None:
+        policy: dict[str, Any] = {
+            "kind": "onnx",
+            "source": f"{type(estimator).__module__}.{type(estimator).__name__}",
+            "stateful": False,
+            "onnx_file": ONNX_FILE,
+            "onnx_output": output_name,
+        }
+        weights: dict[str, np.ndarray] = {}
+    else:
+        policy, weights = native
+    classifier = is_classifier(estimator)
+    default_action: dict[str, Any] = (
+        {"type": "class", "labels": estimator.classes_.tolist(), "meaning": ["predicted class"]}
+        if classifier
+        else {"type": "continuous", "shape": [], "meaning": ["predicted value"]}
+    )
+    export = _Export(
+        policy=policy,
+        action=dict(action) if action is not None else default_action,
+        weights=weights,
+        onnx=graph,
+        onnx_info={
+            "inputs": {"observation": "float32 [batch, n_features]"},
+            "outputs": {output_name: "the prediction (class label or value)"},
+        },
+    )
+    return _write_bundle(out, features, export, provenance, overwrite)
+
+
+# ---------------------------------------------------------------------------------------
+# Dispatch
+
+
+def export_policy(
+    policy: Any,
+    out: str | Path,
+    *,
+    env_id: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    onnx: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle for any policy servegym trains or tunes; returns the bundle directory.
+
+    SB3 policies (objects with ``model``, ``layout``, ``obs_rms``, ``clip_obs``,
+    ``epsilon`` and ``discrete_n``, as :class:`servegym.agents.sb3.SB3Policy`) export
+    their network, heuristics their parameters, and scikit-learn estimators with a
+    ``layout`` their model.
+    """
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    model = getattr(policy, "model", None)
+    if isinstance(model, BaseAlgorithm):
+        return export_sb3(
+            model,
+            policy.layout,
+            out,
+            obs_rms=getattr(policy, "obs_rms", None),
+            clip_obs=float(getattr(policy, "clip_obs", 10.0)),
+            epsilon=float(getattr(policy, "epsilon", 1e-8)),
+            discrete_n=getattr(policy, "discrete_n", None),
+            env_id=env_id,
+            provenance=provenance,
+            onnx=onnx,
+            overwrite=overwrite,
+        )
+    if isinstance(policy, BaseAlgorithm):
+        raise ExportError(
+            f"a bare {type(policy).__name__} model has no feature layout: use export_sb3(model, layout, out) "
+            "or wrap it in servegym.agents.sb3.SB3Policy"
+        )
+    try:
+        return export_heuristic(policy, out, provenance=provenance, overwrite=overwrite)
+    except ExportError as exc:
+        if not str(exc).startswith("no exporter"):
+            raise
+    raise ExportError(
+        f"no exporter for {type(policy).__module__}.{type(policy).__name__}; exportable: SB3 policies "
+        "(PPO, A2C, DQN, SAC, MaskablePPO), scikit-learn estimators (export_sklearn) and the heuristics of "
+        "servegym.policies"
+    )

@@ -1,0 +1,981 @@
+"""The servegym policy runtime: load an exported bundle and decide, with numpy only.
+
+This module is vendorable: :mod:`servegym.deploy.export` copies it into every bundle as
+``servegym_runtime.py``, and it imports nothing but numpy and the standard library
+(onnxruntime only for the ``onnx`` kind, and only when such a bundle is loaded). A
+production service needs neither servegym nor torch, stable-baselines3, Gymnasium,
+SimPy, MLflow or scikit-learn::
+
+    import servegym_runtime as runtime
+
+    policy = runtime.load("bundles/hpa")           # verifies every sha256 first
+    replicas = policy.decide({"utilisation": 0.82, ...})   # or a float vector in spec order
+    actions = policy.decide_batch(observations)    # (n, n_features) -> (n,) or (n, k)
+    policy.reset()                                 # stateful policies: a new episode
+
+A bundle is a directory: ``spec.json`` (features, normalisation, action meaning,
+policy parameters, provenance, and the sha256 of every other file; its own digest is
+``spec_sha256``, over its canonical JSON without that key), ``weights.npz`` (arrays,
+loaded with ``allow_pickle=False``), optionally ``policy.onnx``, and this module.
+
+Policy kinds (``spec["policy"]["kind"]``):
+
+* ``mlp``: a stack of dense layers (stable-baselines3 actor-critic actors and Q
+  networks), after VecNormalize-style normalisation; the head is ``argmax`` (discrete,
+  with optional action masks), ``multi_argmax`` (MultiDiscrete), ``box`` (a clipped
+  mean action), ``squashed_box`` (SAC: tanh, then rescaled to the action bounds), the
+  last optionally mapped back to ``Discrete(n)``;
+* ``linear`` and ``tree_ensemble``: scikit-learn linear models and decision trees,
+  random forests and gradient boosting, evaluated natively;
+* ``onnx``: any other scikit-learn model, through onnxruntime;
+* heuristics with their tuned parameters and their windows replayed exactly: ``hpa``,
+  ``kpa``, ``step_scaling``, ``scheduled_scaling``, ``static_scaling``, the routers
+  ``round_robin``, ``random_router``, ``power_of_two``, ``jsq``, ``cheapest``,
+  ``strongest``, ``difficulty_cascade``, the admission rules ``admit_all``,
+  ``admit_none``, ``frequency_admission`` and ``fixed_threshold``.
+
+Stateful policies (HPA's stabilisation window, KPA's windows, cooldowns, round robin,
+random streams) keep their state in the loaded object: ``decide`` is one control step,
+``decide_batch`` takes consecutive steps in order, and ``reset()`` starts an episode.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RUNTIME_FILE",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
+    "Bundle",
+    "BundleError",
+    "ObservationError",
+    "file_sha256",
+    "load",
+    "spec_digest",
+]
+
+FORMAT = "servegym-policy-bundle"
+FORMAT_VERSION = 1
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "weights.npz"
+RUNTIME_FILE = "servegym_runtime.py"
+
+
+class BundleError(Exception):
+    """A bundle that cannot be trusted or used: missing, incomplete, tampered or malformed."""
+
+
+class ObservationError(ValueError):
+    """An observation the policy must not decide on: wrong shape, type, names, or not finite."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    """The sha256 of ``spec``'s canonical JSON, without its own ``spec_sha256`` key."""
+    body = {k: v for k, v in spec.items() if k != "spec_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and verification
+
+
+def load(directory: str | Path) -> Bundle:
+    """Load the bundle in ``directory`` after verifying every file's sha256.
+
+    Raises :class:`BundleError` naming the file when ``spec.json`` is missing or not
+    valid JSON, its digest does not match its content, a listed file is missing or its
+    hash differs, or the spec asks for something this runtime does not know.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a directory; expected a policy bundle written by `servegym export`")
+    spec_path = root / SPEC_FILE
+    if not spec_path.is_file():
+        raise BundleError(f"{root}: incomplete bundle, {SPEC_FILE} is missing")
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{spec_path}: not readable JSON ({exc}); the bundle is damaged") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise BundleError(f"{spec_path}: not a servegym policy bundle (format must be {FORMAT!r})")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{spec_path}: bundle format version {spec.get('format_version')!r}, "
+            f"this runtime reads version {FORMAT_VERSION}; export again or use the runtime shipped in the bundle"
+        )
+    expected = spec.get("spec_sha256")
+    actual = spec_digest(spec)
+    if expected != actual:
+        raise BundleError(
+            f"{spec_path}: tampered, spec_sha256 is {expected!r} but the content hashes to {actual!r}; "
+            "the spec was edited after export"
+        )
+    files = spec.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{spec_path}: no 'files' table with the sha256 of the bundle's files")
+    for name, digest in sorted(files.items()):
+        path = root / name
+        if Path(name).name != name:
+            raise BundleError(f"{spec_path}: file name {name!r} must be a plain name inside the bundle")
+        if not path.is_file():
+            raise BundleError(f"{root}: incomplete bundle, {name} is missing (listed in {SPEC_FILE})")
+        got = file_sha256(path)
+        if got != digest:
+            raise BundleError(
+                f"{path}: tampered, sha256 {got} does not match {digest} recorded in {SPEC_FILE}"
+            )
+    weights: dict[str, np.ndarray] = {}
+    if WEIGHTS_FILE in files:
+        try:
+            with np.load(root / WEIGHTS_FILE, allow_pickle=False) as data:
+                weights = {k: data[k] for k in data.files}
+        except ValueError as exc:  # object arrays need pickle: refused
+            raise BundleError(f"{root / WEIGHTS_FILE}: unreadable without pickle ({exc})") from None
+    return Bundle(spec, weights, root)
+
+
+class Bundle:
+    """A loaded, verified policy: ``decide`` one observation, ``decide_batch`` many, ``reset``.
+
+    ``feature_names`` gives the observation's features in order; an observation is
+    either a vector of that length (float32 or any real dtype) or a mapping from every
+    feature name to a number.
+    """
+
+    def __init__(self, spec: dict[str, Any], weights: Mapping[str, np.ndarray], root: Path | None = None) -> None:
+        self.spec = spec
+        self.root = root
+        try:
+            features = spec["features"]
+            self.feature_names: tuple[str, ...] = tuple(str(f["name"]) for f in features)
+            policy = spec["policy"]
+            self.kind: str = str(policy["kind"])
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"spec.json lacks {exc}: not a complete bundle spec") from None
+        self.n_features = len(self.feature_names)
+        self.index = {n: i for i, n in enumerate(self.feature_names)}
+        factory = _KINDS.get(self.kind)
+        if factory is None:
+            raise BundleError(
+                f"spec.json: unknown policy kind {self.kind!r}; this runtime knows {', '.join(sorted(_KINDS))}"
+            )
+        try:
+            self._policy = factory(policy, weights, self.index, root)
+        except KeyError as exc:
+            raise BundleError(f"spec.json / weights.npz: the {self.kind} policy lacks {exc}") from None
+        self._shape = (self.n_features,)
+        self._x = np.zeros(self.n_features, dtype=np.float64)
+        self._single = self._policy.single
+
+    def __repr__(self) -> str:
+        return f"Bundle(kind={self.kind!r}, features={self.n_features}, root={str(self.root)!r})"
+
+    # -- observations ------------------------------------------------------------------
+
+    def _from_mapping(self, observation: Mapping[str, Any], where: str = "") -> np.ndarray:
+        unknown = [k for k in observation if k not in self.index]
+        if unknown:
+            raise ObservationError(
+                f"{where}unknown feature name(s) {', '.join(map(repr, unknown))}; "
+                f"this policy reads: {', '.join(self.feature_names)}"
+            )
+        missing = [n for n in self.feature_names if n not in observation]
+        if missing:
+            raise ObservationError(f"{where}missing feature(s) {', '.join(missing)}")
+        values = np.empty(self.n_features, dtype=np.float64)
+        for i, name in enumerate(self.feature_names):
+            value = observation[name]
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ObservationError(
+                    f"{where}feature {name!r} is {value!r} ({type(value).__name__}), expected a real number"
+                )
+            values[i] = value
+        return values
+
+    def _bad_value(self, x: np.ndarray, where: str = "") -> ObservationError:
+        k = int(np.argmin(np.isfinite(x)))
+        return ObservationError(
+            f"{where}feature {self.feature_names[k]!r} (index {k}) is {x[k]}, not a finite number"
+        )
+
+    def observation(self, observation: Any) -> np.ndarray:
+        """``observation`` checked and converted to a float64 vector in feature order.
+
+        The vector is a buffer reused by the next call: copy it to keep it.
+        """
+        x = self._x
+        if type(observation) is np.ndarray:
+            if observation.shape != self._shape:
+                raise ObservationError(
+                    f"observation has shape {observation.shape}, expected ({self.n_features},) for the features "
+                    f"{', '.join(self.feature_names)}"
+                )
+            if observation.dtype.kind not in "fiu":
+                raise ObservationError(
+                    f"observation has dtype {observation.dtype}, expected a real number type such as float32"
+                )
+            x[:] = observation
+        elif isinstance(observation, Mapping):
+            x[:] = self._from_mapping(observation)
+        else:
+            return self.observation(_as_array(observation))
+        # One dot product catches NaN and +-inf anywhere (squares of float32 never overflow float64).
+        if not math.isfinite(x @ x):
+            raise self._bad_value(x)
+        return x
+
+    def observations(self, observations: Any) -> np.ndarray:
+        """A batch (an ``(n, n_features)`` array or a sequence of mappings) checked, as float64."""
+        if isinstance(observations, np.ndarray) or not isinstance(observations, Sequence) or not observations:
+            X = _as_array(observations)
+            if X.ndim != 2 or X.shape[1] != self.n_features:
+                raise ObservationError(
+                    f"batch has shape {X.shape}, expected (n, {self.n_features}) for the features "
+                    f"{', '.join(self.feature_names)}"
+                )
+            if X.dtype.kind not in "fiu":
+                raise ObservationError(f"batch has dtype {X.dtype}, expected a real number type such as float32")
+            X = X.astype(np.float64)
+        elif isinstance(observations[0], Mapping):
+            X = np.stack([self._from_mapping(o, f"row {r}: ") for r, o in enumerate(observations)])
+        else:
+            return self.observations(_as_array(observations))
+        finite = np.isfinite(X)
+        if not finite.all():
+            r = int(np.argmin(finite.all(axis=1)))
+            raise self._bad_value(X[r], f"row {r}: ")
+        return X
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def decide(self, observation: Any, action_mask: np.ndarray | None = None) -> Any:
+        """The action for one observation (an int, a float, or an array for multi-part actions).
+
+        ``action_mask`` (booleans, True = allowed) restricts discrete network policies
+        the way MaskablePPO's ``action_masks`` does; other kinds refuse it.
+        """
+        return self._single(self.observation(observation), action_mask)
+
+    def decide_batch(self, observations: Any, action_masks: np.ndarray | None = None) -> np.ndarray:
+        """Actions for many observations, one row each; stateful policies take them in order."""
+        X = self.observations(observations)
+        if action_masks is not None:
+            action_masks = np.asarray(action_masks, dtype=bool)
+            if action_masks.ndim != 2 or action_masks.shape[0] != X.shape[0]:
+                raise ObservationError(
+                    f"action_masks has shape {action_masks.shape}, expected ({X.shape[0]}, n_actions)"
+                )
+        actions: np.ndarray = self._policy.batch(X, action_masks)
+        return actions
+
+    def reset(self) -> None:
+        """Forget the windows, counters and random state of a stateful policy (a new episode)."""
+        self._policy.reset()
+
+
+def _as_array(value: Any) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise ObservationError(f"observation {value!r} is not an array of numbers ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Policy kinds. Each takes (policy spec, weights, feature index, bundle root) and offers
+# single(x, mask), batch(X, masks) and reset(); x is the checked float64 vector.
+
+_Weights = Mapping[str, np.ndarray]
+
+
+def _no_mask(kind: str, mask: np.ndarray | None) -> None:
+    if mask is not None:
+        raise ObservationError(f"a {kind} policy takes no action mask")
+
+
+class _Stateless:
+    """Batch by looping over single decisions; nothing to reset."""
+
+    kind = ""
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        raise NotImplementedError
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask(self.kind, masks)
+        return np.array([self.single(row, None) for row in xs])
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+
+_ACTIVATIONS: dict[str, Callable[..., Any] | None] = {"tanh": np.tanh, "relu": None, "identity": None}
+
+
+class _MLP:
+    """Normalise, clip, dense layers in float32 (as torch), then the action head."""
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        n_layers = int(policy["layers"])
+        self.activations = [str(a) for a in policy["activations"]]
+        for a in self.activations:
+            if a not in _ACTIVATIONS:
+                raise BundleError(f"spec.json: activation {a!r} unknown; known: {', '.join(_ACTIVATIONS)}")
+        self.W = [np.ascontiguousarray(weights[f"W{i}"], dtype=np.float32) for i in range(n_layers)]
+        self.b = [np.ascontiguousarray(weights[f"b{i}"], dtype=np.float32) for i in range(n_layers)]
+        norm = policy.get("normalisation")  # VecNormalize's running statistics, in the spec as JSON
+        self.normalise = norm is not None
+        if norm is not None:
+            self.mean = np.asarray(norm["mean"], dtype=np.float64)
+            self.std = np.sqrt(np.asarray(norm["var"], dtype=np.float64) + float(norm["epsilon"]))
+            self.clip = float(norm["clip_obs"])
+            # np.clip costs four times np.minimum + np.maximum on a short vector
+            self.clip_high = np.full(len(self.mean), self.clip)
+            self.clip_low = -self.clip_high
+        self.head = str(policy["head"])
+        if self.head not in ("argmax", "multi_argmax", "box", "squashed_box"):
+            raise BundleError(f"spec.json: unknown network head {self.head!r}")
+        self.nvec = [int(n) for n in policy.get("nvec", [])]
+        self.splits = list(np.cumsum(self.nvec)[:-1]) if self.nvec else []
+        if self.head in ("box", "squashed_box"):
+            self.low = np.asarray(weights["action_low"], dtype=np.float32)
+            self.high = np.asarray(weights["action_high"], dtype=np.float32)
+        self.discrete_n = policy.get("discrete_n")
+        # Preallocated buffers for the single-decision path.
+        self.z = np.empty(len(self.W[0]), dtype=np.float64)
+        self.x32 = np.empty(len(self.W[0]), dtype=np.float32)
+        self.h = [np.empty(W.shape[1], dtype=np.float32) for W in self.W]
+        self.masked = np.empty(self.W[-1].shape[1], dtype=np.float32)
+        self.zero = np.float32(0.0)
+        self.plan = [
+            (W, b, out, act == "tanh", act == "relu")
+            for W, b, out, act in zip(self.W, self.b, self.h, self.activations, strict=True)
+        ]
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        if self.normalise:
+            z = self.z
+            np.subtract(x, self.mean, out=z)
+            np.divide(z, self.std, out=z)
+            np.minimum(z, self.clip_high, out=z)
+            np.maximum(z, self.clip_low, out=z)
+            self.x32[:] = z
+        else:
+            self.x32[:] = x
+        h = self.x32
+        for W, b, out, tanh, relu in self.plan:
+            np.dot(h, W, out=out)
+            np.add(out, b, out=out)
+            if tanh:
+                np.tanh(out, out=out)
+            elif relu:
+                np.maximum(out, self.zero, out=out)
+            h = out
+        return h
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        scores = self._scores(x)
+        head = self.head
+        if head == "argmax":
+            if mask is not None:
+                scores = self._mask(scores, mask)
+            return int(scores.argmax())
+        if head == "multi_argmax":
+            if mask is not None:
+                scores = self._mask(scores, mask)
+            return np.array([int(part.argmax()) for part in np.split(scores, self.splits)], dtype=np.int64)
+        action = self._continuous(scores[None, :].copy())[0]
+        return int(action) if self.discrete_n is not None else action
+
+    def _mask(self, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != scores.shape:
+            raise ObservationError(f"action mask has shape {mask.shape}, expected {scores.shape}")
+        out = self.masked
+        out.fill(-np.inf)
+        np.copyto(out, scores, where=mask)
+        return out
+
+    def _continuous(self, a: np.ndarray) -> Any:
+        """Post-processing of stable-baselines3's ``predict`` for Box actions (float32 throughout)."""
+        if self.head == "squashed_box":
+            a = np.tanh(a)
+            a = self.low + (0.5 * (a + 1.0) * (self.high - self.low))
+        else:
+            a = np.clip(a, self.low, self.high)
+        if self.discrete_n is not None:  # servegym's DiscreteAsBox, in float64 as it computes
+            n = int(self.discrete_n)
+            a64 = a[:, 0].astype(np.float64)
+            return np.clip(np.rint((a64 + 1.0) / 2.0 * (n - 1)), 0, n - 1).astype(np.int64)
+        return a
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        if self.normalise:
+            xs = np.clip((xs - self.mean) / self.std, -self.clip, self.clip)
+        h = xs.astype(np.float32)
+        for W, b, act in zip(self.W, self.b, self.activations, strict=True):
+            h = h @ W + b
+            if act == "tanh":
+                h = np.tanh(h)
+            elif act == "relu":
+                h = np.maximum(h, 0.0)
+        if self.head in ("argmax", "multi_argmax"):
+            if masks is not None:
+                if masks.shape[1] != h.shape[1]:
+                    raise ObservationError(f"action_masks has {masks.shape[1]} columns, expected {h.shape[1]}")
+                h = np.where(masks, h, -np.inf)
+            if self.head == "argmax":
+                picks: np.ndarray = h.argmax(axis=1)
+                return picks
+            return np.stack([part.argmax(axis=1) for part in np.split(h, self.splits, axis=1)], axis=1)
+        _no_mask("continuous", masks)
+        out: np.ndarray = self._continuous(h)
+        return out
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+
+class _Linear:
+    """scikit-learn linear models: ``X @ coef + intercept``; classifiers take the best class."""
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        self.coef = np.asarray(weights["coef"], dtype=np.float64)  # (n_features, n_outputs)
+        self.intercept = np.asarray(weights["intercept"], dtype=np.float64)
+        self.output = str(policy["output"])  # "value" or "class"
+        self.classes = list(policy.get("classes", []))
+        self.scalar = bool(policy.get("scalar", True))
+
+    def _out(self, raw: np.ndarray) -> Any:
+        if self.output == "value":
+            return raw[:, 0] if self.scalar else raw
+        picks = (raw[:, 0] > 0).astype(np.int64) if raw.shape[1] == 1 else raw.argmax(axis=1)
+        return np.asarray(self.classes)[picks]
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask("linear", mask)
+        out = self._out(x[None, :] @ self.coef + self.intercept)[0]
+        return out.item() if isinstance(out, np.generic) else out
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask("linear", masks)
+        out: np.ndarray = self._out(xs @ self.coef + self.intercept)
+        return out
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+
+class _Trees:
+    """Decision trees, random forests and gradient boosting, as scikit-learn evaluates them.
+
+    Every tree's nodes are concatenated: ``feature``, ``threshold``, ``left``, ``right``
+    (global node ids, -1 at a leaf) and ``value`` (leaf outputs); ``roots`` indexes each
+    tree's root. Features are compared in float32, as scikit-learn does.
+    ``combine``: ``mean`` (forests, single trees) or ``sum`` (boosting: ``init`` plus
+    ``learning_rate`` times each stage's value, added in stage order).
+    """
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        self.feature = np.asarray(weights["feature"], dtype=np.int64)
+        self.threshold = np.asarray(weights["threshold"], dtype=np.float64)
+        self.left = np.asarray(weights["left"], dtype=np.int64)
+        self.right = np.asarray(weights["right"], dtype=np.int64)
+        self.value = np.asarray(weights["value"], dtype=np.float64)  # (n_nodes, n_outputs)
+        self.roots = np.asarray(weights["roots"], dtype=np.int64)
+        self.combine = str(policy["combine"])
+        self.output = str(policy["output"])  # "value" or "class"
+        self.classes = list(policy.get("classes", []))
+        self.learning_rate = float(policy.get("learning_rate", 1.0))
+        self.init = np.asarray(weights["init"], dtype=np.float64) if "init" in weights else None
+        # Python lists make the per-node walk of a single decision several times faster.
+        self._f = self.feature.tolist()
+        self._t = self.threshold.tolist()
+        self._l = self.left.tolist()
+        self._r = self.right.tolist()
+        self._roots = self.roots.tolist()
+
+    def _leaves(self, xs32: np.ndarray) -> np.ndarray:
+        """Leaf node ids, shape (n, n_trees), by walking all rows down each tree level by level."""
+        n = xs32.shape[0]
+        nodes = np.repeat(self.roots[None, :], n, axis=0)
+        rows = np.arange(n)[:, None]
+        while True:
+            inner = self.left[nodes] >= 0
+            if not inner.any():
+                return nodes
+            go_left = xs32[rows, np.where(inner, self.feature[nodes], 0)] <= self.threshold[nodes]
+            nodes = np.where(inner, np.where(go_left, self.left[nodes], self.right[nodes]), nodes)
+
+    def _combine(self, values: np.ndarray) -> np.ndarray:
+        """(n, n_trees, n_outputs) leaf values -> (n, n_outputs) scores."""
+        if self.combine == "sum":
+            assert self.init is not None
+            raw = np.repeat(self.init[None, :], values.shape[0], axis=0)
+            for k in range(values.shape[1]):  # stage order, as scikit-learn adds them
+                raw += self.learning_rate * values[:, k, :]
+            return raw
+        total = values[:, 0, :].copy()
+        for k in range(1, values.shape[1]):
+            total += values[:, k, :]
+        mean: np.ndarray = total / values.shape[1]
+        return mean
+
+    def _out(self, scores: np.ndarray) -> Any:
+        if self.output == "value":
+            return scores[:, 0] if scores.shape[1] == 1 else scores
+        if self.combine == "sum" and scores.shape[1] == 1:  # binary boosting: the sign of the log-odds
+            picks = (scores[:, 0] > 0).astype(np.int64)
+        else:
+            picks = scores.argmax(axis=1)
+        return np.asarray(self.classes)[picks]
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask("tree", mask)
+        xs = x.astype(np.float32).tolist()
+        f, t, left, right = self._f, self._t, self._l, self._r
+        leaves = []
+        for node in self._roots:
+            while left[node] >= 0:
+                node = left[node] if xs[f[node]] <= t[node] else right[node]
+            leaves.append(node)
+        out = self._out(self._combine(self.value[leaves][None, :, :]))[0]
+        return out.item() if isinstance(out, np.generic) else out
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask("tree", masks)
+        # float32 values compared against float64 thresholds, as scikit-learn's trees do
+        leaves = self._leaves(xs.astype(np.float32).astype(np.float64))
+        out: np.ndarray = self._out(self._combine(self.value[leaves]))
+        return out
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+
+class _Onnx:
+    """Any other scikit-learn model, through onnxruntime (needed only for this kind)."""
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        try:
+            import onnxruntime  # type: ignore[import-untyped, unused-ignore]
+        except ImportError:
+            raise BundleError(
+                "this bundle's policy runs through its ONNX graph: install onnxruntime (pip install onnxruntime)"
+            ) from None
+        if root is None:
+            raise BundleError("an onnx policy is loaded from a bundle directory")
+        self.session = onnxruntime.InferenceSession(
+            str(Path(root) / str(policy["onnx_file"])), providers=["CPUExecutionProvider"]
+        )
+        self.input = self.session.get_inputs()[0].name
+        self.output = str(policy.get("onnx_output", self.session.get_outputs()[0].name))
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask("onnx", masks)
+        out = self.session.run([self.output], {self.input: xs.astype(np.float32)})[0]
+        result: np.ndarray = np.asarray(out).reshape(len(xs), -1)
+        return result[:, 0] if result.shape[1] == 1 else result
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        out = self.batch(x[None, :], mask)[0]
+        return out.item() if isinstance(out, np.generic) else out
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+
+# -- heuristics --------------------------------------------------------------------------
+# Each replays the decision rule of servegym.policies exactly (same arithmetic, same
+# float32-derived inputs, same windows), so the parity tests can demand equal actions.
+
+_CEIL_SLACK = 1e-6
+_DAY_S = 86_400.0
+_TIME_OF_DAY_SLACK_S = 0.01
+
+
+def _ceil(x: float) -> int:
+    """``math.ceil`` forgiving float32 rounding just above an integer (as servegym's scaling policies)."""
+    return math.ceil(x - _CEIL_SLACK * max(1.0, abs(x)))
+
+
+class _Scaling(_Stateless):
+    """Shared by the scaling rules: pool bounds and features by name."""
+
+    kind = "scaling"
+    needs: tuple[str, ...] = ()
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        p = policy["params"]
+        self.p = p
+        self.min_replicas = int(p["min_replicas"])
+        self.max_replicas = int(p["max_replicas"])
+        self.slots_per_replica = int(p["slots_per_replica"])
+        self.interval_s = float(p["interval_s"])
+        missing = [n for n in self.needs if n not in index]
+        if missing:
+            raise BundleError(f"spec.json: the {policy['kind']} policy needs feature(s) {', '.join(missing)}")
+        self.at = {n: index[n] for n in self.needs}
+
+    def _bound(self, replicas: int) -> int:
+        return min(max(int(replicas), self.min_replicas), self.max_replicas)
+
+
+class _StaticScaling(_Scaling):
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        self.replicas = int(self.p["replicas"])
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        return self.replicas
+
+
+class _HPA(_Scaling):
+    """Kubernetes HPA: tolerance, scale-down stabilisation window, scale-up rate limit."""
+
+    needs = ("utilisation", "ready_replicas", "target_replicas", "arrival_rate_rps", "queue_len")
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        p = self.p
+        self.target_utilisation = float(p["target_utilisation"])
+        self.tolerance = float(p["tolerance"])
+        self.scale_down_stabilisation_s = float(p["scale_down_stabilisation_s"])
+        self.scale_up_pods = int(p["scale_up_pods"])
+        self.scale_up_percent = float(p["scale_up_percent"])
+        self.scale_up_period_s = float(p["scale_up_period_s"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.step = 0
+        self.recommendations: deque[tuple[int, int]] = deque()
+        self.scale_ups: deque[tuple[int, int]] = deque()
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        at = self.at
+        utilisation = float(x[at["utilisation"]])
+        current = round(float(x[at["target_replicas"]]))
+        ready = round(float(x[at["ready_replicas"]]))
+        step, interval = self.step, self.interval_s
+        self.step += 1
+
+        ratio = utilisation / self.target_utilisation
+        base = ready if ready > 0 else current
+        desired = current if abs(ratio - 1.0) <= self.tolerance else _ceil(ratio * base)
+        if ready == 0 and (float(x[at["arrival_rate_rps"]]) > 0 or float(x[at["queue_len"]]) > 0):
+            desired = max(desired, 1)
+
+        window = self.recommendations
+        while window and (step - window[0][0]) * interval >= self.scale_down_stabilisation_s:
+            window.popleft()
+        stabilised = max([desired] + [r for _, r in window]) if desired < current else desired
+        window.append((step, desired))
+
+        if stabilised > current:
+            period = max(self.scale_up_period_s, interval)
+            periods = period / self.scale_up_period_s
+            events = self.scale_ups
+            while events and (step - events[0][0]) * interval >= period:
+                events.popleft()
+            start = current - sum(added for _, added in events)
+            limit = max(
+                start + math.floor(self.scale_up_pods * periods),
+                math.ceil(start * (1.0 + self.scale_up_percent / 100.0 * periods)),
+            )
+            stabilised = min(stabilised, max(limit, current))
+
+        target = self._bound(stabilised)
+        if target > current:
+            self.scale_ups.append((step, target - current))
+        return target
+
+
+class _KPA(_Scaling):
+    """Knative KPA: stable and panic windows over observed concurrency."""
+
+    needs = ("utilisation", "ready_replicas", "queue_len")
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        p = self.p
+        self.target_concurrency = float(p["target_concurrency"])
+        self.stable_window_s = float(p["stable_window_s"])
+        self.panic_threshold = float(p["panic_threshold"])
+        self.max_scale_up_rate = float(p["max_scale_up_rate"])
+        self.max_scale_down_rate = float(p["max_scale_down_rate"])
+        self.stable_intervals = int(p["stable_intervals"])
+        self.panic_intervals = int(p["panic_intervals"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.concurrency: deque[float] = deque(maxlen=self.stable_intervals)
+        self.step = 0
+        self.panic_since: int | None = None
+        self.max_panic = 0
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        at = self.at
+        step = self.step
+        self.step += 1
+        ready = round(float(x[at["ready_replicas"]]))
+        history = self.concurrency
+        history.append(float(x[at["utilisation"]]) * ready * self.slots_per_replica + float(x[at["queue_len"]]))
+        stable = sum(history) / len(history)
+        recent = list(history)[-self.panic_intervals :]
+        panic = sum(recent) / len(recent)
+
+        pods = max(1, ready)
+        most = math.ceil(self.max_scale_up_rate * pods)
+        least = math.floor(pods / self.max_scale_down_rate)
+        wanted_stable = _ceil(stable / self.target_concurrency)
+        wanted_panic = _ceil(panic / self.target_concurrency)
+        desired_stable = min(max(wanted_stable, least), most)
+        desired_panic = min(max(wanted_panic, least), most)
+
+        if wanted_panic / pods >= self.panic_threshold:
+            self.panic_since = step
+        elif self.panic_since is not None and (step - self.panic_since) * self.interval_s > self.stable_window_s:
+            self.panic_since = None
+            self.max_panic = 0
+
+        desired = desired_stable
+        if self.panic_since is not None:
+            desired = max(desired, desired_panic)
+            if desired > self.max_panic:
+                self.max_panic = desired
+            else:
+                desired = self.max_panic
+        return self._bound(desired)
+
+
+class _StepScaling(_Scaling):
+    """AWS step scaling with a cooldown; ``steps`` are (lower, upper, adjustment), upper None = unbounded."""
+
+    needs = ("utilisation", "target_replicas")
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        self.steps = [
+            (float(lo), math.inf if hi is None else float(hi), int(adj)) for lo, hi, adj in self.p["steps"]
+        ]
+        self.cooldown_s = float(self.p["cooldown_s"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.step = 0
+        self.last_change: int | None = None
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        step = self.step
+        self.step += 1
+        current = round(float(x[self.at["target_replicas"]]))
+        if self.last_change is not None and (step - self.last_change) * self.interval_s < self.cooldown_s:
+            return self._bound(current)
+        utilisation = float(x[self.at["utilisation"]])
+        for lower, upper, adjustment in self.steps:
+            if lower <= utilisation < upper:
+                target = self._bound(current + adjustment)
+                if target != current:
+                    self.last_change = step
+                return target
+        return self._bound(current)
+
+
+class _ScheduledScaling(_Scaling):
+    """Replicas by time of day, decoded from ``time_of_day_sin`` / ``time_of_day_cos``."""
+
+    needs = ("time_of_day_sin", "time_of_day_cos")
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        self.starts = [float(s) for s in self.p["starts_s"]]
+        self.replicas = [int(r) for r in self.p["replicas"]]
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        angle = math.atan2(float(x[self.at["time_of_day_sin"]]), float(x[self.at["time_of_day_cos"]]))
+        now = (angle % (2.0 * math.pi)) / (2.0 * math.pi) * _DAY_S + _TIME_OF_DAY_SLACK_S
+        if now >= _DAY_S:
+            now -= _DAY_S
+        return self.replicas[bisect.bisect_right(self.starts, now) - 1]
+
+
+class _Router(_Stateless):
+    """Shared by the routers: per-backend feature positions, in backend order."""
+
+    kind = "routing"
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        p = policy["params"]
+        self.p = p
+        self.backends = [str(b) for b in p["backend_names"]]
+        self.n_backends = len(self.backends)
+        try:
+            self.busy = [index[f"busy_{b}"] for b in self.backends]
+            self.capability = [index[f"capability_{b}"] for b in self.backends]
+            self.price = [index[f"usd_per_mtok_out_{b}"] for b in self.backends]
+            self.difficulty = index["difficulty"]
+        except KeyError as exc:
+            raise BundleError(f"spec.json: the router needs feature {exc}") from None
+
+
+class _RoundRobin(_Router):
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        self.next = 0
+
+    def reset(self) -> None:
+        self.next = 0
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        b = self.next
+        self.next = (b + 1) % self.n_backends
+        return b
+
+
+class _RandomRouter(_Router):
+    """Uniform random backend from numpy's default generator, re-seeded on reset."""
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        self.seed = self.p["seed"]
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        return int(self.rng.integers(self.n_backends))
+
+
+class _PowerOfTwo(_RandomRouter):
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        if self.n_backends == 1:
+            return 0
+        a, b = self.rng.choice(self.n_backends, size=2, replace=False)
+        return int(a) if x[self.busy[a]] <= x[self.busy[b]] else int(b)
+
+
+class _ArgRouter(_Router):
+    """Join-shortest-queue, cheapest or strongest: the arg-min/max of one per-backend feature."""
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        kind = str(policy["kind"])
+        self.columns = {"jsq": self.busy, "cheapest": self.price, "strongest": self.capability}[kind]
+        self.pick: Callable[..., Any] = np.argmax if kind == "strongest" else np.argmin
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        return int(self.pick(x[self.columns]))
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask(self.kind, masks)
+        out: np.ndarray = self.pick(xs[:, self.columns], axis=1)
+        return out
+
+
+class _Cascade(_Router):
+    """The weakest backend able to take the request's difficulty, else the strongest."""
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        self.margin = float(self.p["margin"])
+        fixed = self.p["thresholds"]
+        self.fixed = np.array([fixed.get(b, np.nan) for b in self.backends], dtype=np.float64)
+        self.derived = np.isnan(self.fixed)
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        capability = x[self.capability]
+        highest = np.where(self.derived, capability - self.margin, self.fixed)
+        difficulty = float(x[self.difficulty])
+        for b in np.argsort(capability, kind="stable"):
+            if highest[b] >= difficulty:
+                return int(b)
+        return int(np.argmax(capability))
+
+
+class _Constant(_Stateless):
+    """Admit-all (1), admit-none (0) or a fixed semantic threshold: the same answer every time."""
+
+    kind = "constant"
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        self.value = policy["params"]["value"]
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        return self.value
+
+
+class _FrequencyAdmission(_Stateless):
+    """Admit (1) once a phrasing has been requested ``min_requests`` times, else 0."""
+
+    kind = "admission"
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        self.min_requests = int(policy["params"]["min_requests"])
+        if "key_requests" not in index:
+            raise BundleError("spec.json: frequency_admission needs the feature key_requests")
+        self.at = index["key_requests"]
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        return 1 if x[self.at] >= self.min_requests else 0
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask(self.kind, masks)
+        return (xs[:, self.at] >= self.min_requests).astype(np.int64)
+
+
+_KINDS: dict[str, Callable[[Mapping[str, Any], _Weights, Mapping[str, int], Any], Any]] = {
+    "mlp": _MLP,
+    "linear": _Linear,
+    "tree_ensemble": _Trees,
+    "onnx": _Onnx,
+    "static_scaling": _StaticScaling,
+    "hpa": _HPA,
+    "kpa": _KPA,
+    "step_scaling": _StepScaling,
+    "scheduled_scaling": _ScheduledScaling,
+    "round_robin": _RoundRobin,
+    "random_router": _RandomRouter,
+    "power_of_two": _PowerOfTwo,
+    "jsq": _ArgRouter,
+    "cheapest": _ArgRouter,
+    "strongest": _ArgRouter,
+    "difficulty_cascade": _Cascade,
+    "admit_all": _Constant,
+    "admit_none": _Constant,
+    "fixed_threshold": _Constant,
+    "frequency_admission": _FrequencyAdmission,
+}

@@ -1,0 +1,249 @@
+"""``servegym export``: a trained or tuned policy as a deployable bundle, tracked in MLflow.
+
+The source (``run=``) is one of:
+
+* an MLflow run id, ``runs:/<run id>/<artifact path>`` (default path ``policy``) or
+  ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (the registered model's run):
+  the run's ``policy/`` artifact, with provenance from the run (id, config hash, git
+  commit, environment, agent, scenario, ``eval/*`` KPIs);
+* a local policy directory (written by :func:`servegym.agents.io.save_policy`);
+* ``heuristic:<name>`` with ``params`` and ``scenario``: a tuned heuristic of
+  :data:`servegym.policies.POLICIES`, built for that scenario.
+
+The bundle is written to ``out`` (see :mod:`servegym.deploy.export`). A policy from an
+MLflow run is also logged into that run as a pyfunc model (``mlflow.log_model``),
+optionally registered with an alias; serve it with
+``mlflow models serve -m models:/<name>@<alias> --env-manager local``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from servegym.deploy.export import ExportError, export_policy
+from servegym.deploy.runtime import BundleError
+
+__all__ = ["ExportResult", "app", "export_source"]
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_SCALING = {"static", "hpa", "kpa", "step", "scheduled"}
+_ROUTING = {"random", "round_robin", "jsq", "power_of_two", "cheapest", "strongest", "cascade"}
+_ADMISSION = {"admit_all", "admit_none", "frequency"}
+
+
+@dataclass
+class ExportResult:
+    """Where the bundle went and where it came from."""
+
+    bundle: Path
+    provenance: dict[str, Any]
+    model_uri: str | None = None
+    registered_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _heuristic(name: str, params: Mapping[str, Any], scenario_name: str) -> tuple[Any, str]:
+    """A heuristic built for ``scenario_name``'s pool, backends and caches, and its decision's env id."""
+    from servegym.envs.features import admission_layout, interval_layout, routing_layout
+    from servegym.policies import POLICIES, make_policy, scaling_kwargs
+    from servegym.sim.config import ConfigError, load_scenario
+    from servegym.sim.platform import Platform
+
+    if name not in POLICIES:
+        raise ExportError(f"run=heuristic:{name}: unknown heuristic; known: {', '.join(sorted(POLICIES))}")
+    try:
+        scenario = load_scenario(scenario_name)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise ExportError(f"scenario={scenario_name}: {exc}") from None
+    kwargs: dict[str, Any]
+    if name in _SCALING:
+        kwargs, env_id = scaling_kwargs(scenario), "servegym/Autoscaling-v0"
+    elif name in _ROUTING:
+        platform = Platform(scenario)
+        kwargs = {"layout": routing_layout(platform), "backend_names": [b.name for b in platform.backends]}
+        env_id = "servegym/Routing-v0"
+    elif name in _ADMISSION:
+        kwargs, env_id = {"layout": admission_layout(Platform(scenario))}, "servegym/Caching-v0"
+    else:
+        kwargs, env_id = {"layout": interval_layout(scenario)}, "servegym/Caching-v0"
+    try:
+        return make_policy(name, **kwargs, **dict(params)), env_id
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"run=heuristic:{name} with params={dict(params)}: {exc}") from None
+
+
+def _resolve_mlflow(source: str) -> tuple[str, str, dict[str, Any]]:
+    """(run id, artifact path, extra provenance) of an MLflow run or registered-model reference."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    extra: dict[str, Any] = {}
+    if source.startswith("models:/"):
+        ref = source.removeprefix("models:/")
+        try:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                version = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = ref.partition("/")
+                version = client.get_model_version(name, number)
+        except Exception as exc:  # MLflow raises MlflowException subclasses and RestException
+            raise ExportError(f"run={source}: no such registered model version ({_first_line(exc)})") from None
+        if not version.run_id:
+            raise ExportError(f"run={source}: model version {version.version} has no source run to export from")
+        extra = {"registered_model": version.name, "registered_version": str(version.version)}
+        return str(version.run_id), "policy", extra
+    if source.startswith("runs:/"):
+        run_id, _, path = source.removeprefix("runs:/").partition("/")
+        return run_id, path.strip("/") or "policy", extra
+    return source, "policy", extra
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str]:
+    """The policy of an MLflow run, its env id, provenance, and the run id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from servegym.agents.io import load_policy
+
+    run_id, artifact_path, extra = _resolve_mlflow(source)
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        raise ExportError(
+            f"run={source}: no MLflow run {run_id!r} at {mlflow.get_tracking_uri()} ({_first_line(exc)}); "
+            "pass tracking.uri=... if the run is in another store"
+        ) from None
+    try:
+        local = Path(client.download_artifacts(run_id, artifact_path, str(workdir)))
+    except Exception as exc:
+        raise ExportError(
+            f"run={source}: run {run_id} has no artifact {artifact_path!r} ({_first_line(exc)}); "
+            "runs of `servegym train` log the trained policy as policy/"
+        ) from None
+    try:
+        policy = load_policy(local)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ExportError(f"run={source}: {exc}") from None
+    tags = run.data.tags
+    provenance: dict[str, Any] = {
+        "mlflow_run_id": run_id,
+        "mlflow_tracking_uri": mlflow.get_tracking_uri(),
+        "mlflow_artifact": artifact_path,
+        "source": source,
+        **extra,
+        **{key.removeprefix("servegym."): value for key, value in tags.items() if key.startswith("servegym.")},
+        "eval_kpis": {
+            key.removeprefix("eval/"): value
+            for key, value in sorted(run.data.metrics.items())
+            if key.startswith("eval/")
+        },
+    }
+    return policy, str(tags.get("servegym.env", "")), provenance, run_id
+
+
+def export_source(
+    source: str,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    onnx: bool = True,
+    log_model: bool | None = None,
+    registered_model: str | None = None,
+    alias: str | None = None,
+    scenario: str = "default",
+    params: Mapping[str, Any] | None = None,
+) -> ExportResult:
+    """Export the policy named by ``source`` (see the module docstring) into ``out``.
+
+    ``log_model`` None logs the pyfunc model only for a policy that came from an MLflow
+    run. Raises :class:`ExportError` with a message for people on any failure.
+    """
+    run_id: str | None = None
+    with tempfile.TemporaryDirectory(prefix="servegym-export-") as tmp:
+        if source.startswith("heuristic:"):
+            policy, env_id = _heuristic(source.removeprefix("heuristic:"), params or {}, scenario)
+            provenance: dict[str, Any] = {"source": source, "scenario": scenario, "params": dict(params or {})}
+        elif Path(source).is_dir():
+            from servegym.agents.io import load_policy
+
+            try:
+                policy = load_policy(source)
+            except (FileNotFoundError, ValueError) as exc:
+                raise ExportError(f"run={source}: {exc}") from None
+            env_id = str(getattr(policy, "env_id", "") or "")
+            provenance = {"source": str(Path(source).resolve())}
+        elif source.startswith(("runs:/", "models:/")) or _RUN_ID.match(source):
+            policy, env_id, provenance, run_id = _from_run(source, Path(tmp))
+        else:
+            raise ExportError(
+                f"run={source}: not an MLflow run id (32 hex digits), runs:/<id>/<path>, models:/<name>@<alias>, "
+                "heuristic:<name>, or an existing policy directory"
+            )
+        bundle = export_policy(
+            policy, out, env_id=env_id or None, provenance=provenance, onnx=onnx, overwrite=overwrite
+        )
+    result = ExportResult(bundle=bundle, provenance=provenance)
+    if log_model is None:
+        log_model = run_id is not None
+    if alias is not None and registered_model is None:
+        raise ExportError(f"mlflow.alias={alias}: set mlflow.registered_model too (the model the alias points into)")
+    if log_model or registered_model is not None:
+        from servegym.deploy.mlflow_model import log_bundle
+
+        info = log_bundle(bundle, run_id=run_id, registered_model=registered_model, alias=alias)
+        result.model_uri = info.model_uri
+        version = info.registered_model_version
+        result.registered_version = None if version is None else str(version)
+    return result
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="export")
+def app(cfg: DictConfig) -> None:
+    """Hydra entry point of ``servegym export``."""
+    import mlflow
+
+    from servegym.experiments.tracking import tracking_uri
+
+    base = Path(hydra.utils.get_original_cwd())
+    mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri, base))
+    log_model = cfg.mlflow.log_model
+    if log_model not in ("auto", True, False):
+        print(f"servegym export: error: mlflow.log_model={log_model!r} must be auto, true or false", file=sys.stderr)
+        sys.exit(2)
+    params = OmegaConf.to_container(cfg.params, resolve=True)
+    out = Path(str(cfg.out))
+    try:
+        result = export_source(
+            str(cfg.run),
+            out if out.is_absolute() else base / out,
+            overwrite=bool(cfg.overwrite),
+            onnx=bool(cfg.onnx),
+            log_model=None if log_model == "auto" else bool(log_model),
+            registered_model=cfg.mlflow.registered_model,
+            alias=cfg.mlflow.alias,
+            scenario=str(cfg.scenario),
+            params={str(k): v for k, v in params.items()} if isinstance(params, dict) else {},
+        )
+    except (ExportError, BundleError) as exc:
+        print(f"servegym export: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"bundle written to {result.bundle}")
+    if result.model_uri is not None:
+        registered = f" (registered version {result.registered_version})" if result.registered_version else ""
+        print(f"pyfunc model logged as {result.model_uri}{registered}")
