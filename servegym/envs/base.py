@@ -49,6 +49,18 @@ def resolve_scenario(
     return apply_overrides(resolved, extra) if extra else resolved
 
 
+_INT64 = np.dtype(np.int64)
+
+
+def _integer_bounds(space: gym.Space[Any]) -> list[tuple[int, int]] | None:
+    """Inclusive bounds per component of an int64 Discrete or 1-D MultiDiscrete space, else None."""
+    if isinstance(space, gym.spaces.Discrete) and space.dtype == _INT64:
+        return [(int(space.start), int(space.start + space.n - 1))]
+    if isinstance(space, gym.spaces.MultiDiscrete) and space.dtype == _INT64 and space.nvec.ndim == 1:
+        return list(zip(space.start.tolist(), (space.start + space.nvec - 1).tolist(), strict=True))
+    return None
+
+
 class _PausingController:
     """Defers the decisions in ``deferred``; answers the rest like the built-in controller."""
 
@@ -113,13 +125,15 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         self._platform_seed = self.scenario.seed
         self._actions: list[Any] = []
         self._totals = (0.0, 0, 0)
+        self._bounds_of: gym.Space[Any] | None = None
+        self._bounds: list[tuple[int, int]] | None = None
 
     # -- subclass hooks ------------------------------------------------------------------
     def _observe(self, decision: Decision | None) -> np.ndarray:
         raise NotImplementedError
 
     def _act(self, decision: Decision, action: Any) -> Any:
-        """Translate an in-space action into the platform's action for ``decision``."""
+        """Translate a checked action (Python ints, see ``_checked_action``) into the platform's action."""
         raise NotImplementedError
 
     def _route(self, platform: Platform, request: int) -> int:
@@ -153,10 +167,11 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
 
     def _info(self, done: bool) -> dict[str, Any]:
         info: dict[str, Any] = {"time_s": self.platform.now, "cost_usd": self._totals[0]}
-        if self._decision is not None and self._decision.metrics is not None:
-            info["interval"] = self._decision.metrics
+        decision = self._decision
         if done:
             info["kpis"] = self.platform.kpis()
+        elif decision is not None and decision.metrics is not None:
+            info["interval"] = decision.metrics
         return info
 
     # -- Gymnasium API ---------------------------------------------------------------------------
@@ -176,26 +191,47 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         """Clear per-episode state of a subclass."""
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._decision is None:
+        decision = self._decision
+        if decision is None:
             raise RuntimeError(
                 "step() called without a pending decision: call reset() first (or after the episode ended)"
             )
-        if not self._valid_action(action):
-            raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
+        action = self._checked_action(action)
+        platform = self.platform
+        platform.resolve(decision, self._act(decision, action))
         self._actions.append(action)
-        self.platform.resolve(self._decision, self._act(self._decision, action))
-        decision = self._advance()
+        decision = self._decision = platform.step_to_decision()
         done = decision is None
         reward = self._reward()
         # The scenario's horizon is a time limit, not a terminal state: truncation.
         return self._observe(decision), reward, False, done, self._info(done)
 
-    def _valid_action(self, action: Any) -> bool:
+    def _checked_action(self, action: Any) -> Any:
+        """``action`` as plain Python ints (an int, or a list for MultiDiscrete), or a ValueError.
+
+        Per-request envs step tens of thousands of times per episode: the integers that
+        policies and ``Space.sample()`` return skip Gymnasium's generic ``contains``.
+        """
         space = self.action_space
-        # Per-request envs step tens of thousands of times: a plain int needs no generic check.
-        if type(action) is int and isinstance(space, gym.spaces.Discrete):
-            return bool(0 <= action < space.n)
-        return bool(space.contains(action))
+        if self._bounds_of is not space:
+            self._bounds_of, self._bounds = space, _integer_bounds(space)
+        bounds = self._bounds
+        if bounds is not None:
+            kind = type(action)
+            if isinstance(space, gym.spaces.Discrete):
+                if (kind is int or kind is np.int64) and bounds[0][0] <= action <= bounds[0][1]:
+                    return int(action)
+            elif kind is np.ndarray and action.dtype is _INT64 and action.shape == (len(bounds),):
+                values = action.tolist()
+                if all(lo <= v <= hi for v, (lo, hi) in zip(values, bounds, strict=True)):
+                    return values
+        if not space.contains(action):
+            raise ValueError(f"action {action!r} is not in the action space {space}")
+        if isinstance(space, gym.spaces.Discrete):
+            return int(action)
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            return np.asarray(action).tolist()
+        return action
 
     def kpis(self) -> dict[str, dict[str, float]]:
         """KPIs of the episode so far (overall and per tenant)."""

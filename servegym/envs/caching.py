@@ -10,9 +10,9 @@ from gymnasium import spaces
 
 from servegym.envs.base import PlatformEnv
 from servegym.envs.features import (
+    AdmissionFeatures,
     KeyStats,
     Layout,
-    admission_features,
     admission_layout,
     interval_features,
     interval_layout,
@@ -89,29 +89,33 @@ class CachingEnv(PlatformEnv):
         self.layout = Layout(names, low, high)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.MultiDiscrete([self.platform.n_levels + 1, len(self.thresholds)])
-        self._keys = KeyStats()
-        self._interval = np.zeros(len(self.interval), dtype=np.float32)
+        self._on_reset()
 
     def _on_reset(self) -> None:
         self._keys = KeyStats()
-        self._interval = np.zeros(len(self.interval), dtype=np.float32)
+        self._features = AdmissionFeatures(self.platform)
+        # Zeros stand in for the admission features at threshold decisions.
+        self._no_admission = [0.0] * len(self.admission)
+        self._interval = [0.0] * len(self.interval)  # the latest interval's features (float32 values)
 
     def _observe(self, decision: Decision | None) -> np.ndarray:
-        obs = np.zeros(len(self.layout), dtype=np.float32)
-        n_adm = len(self.admission)
+        # One list, one float32 conversion: this runs at every admission (per request).
         if decision is not None and decision.kind == "admit":
-            self._keys.observe(self.platform)
-            R = self.platform.requests
-            count, age = self._keys.of(R.key[decision.request], self.platform.now)
-            obs[1 : 1 + n_adm] = admission_features(self.platform, decision.request, count, age)
+            keys = self._keys
+            platform = self.platform
+            keys.observe(platform)
+            request = decision.request
+            count, age = keys.of(platform.requests.key[request], platform.env.now)
+            values = [0.0, *self._features.values(request, count, age), *self._interval]
         elif decision is not None and decision.metrics is not None:
-            obs[0] = 1.0
-            self._interval = interval_features(decision.metrics)
-        obs[1 + n_adm :] = self._interval
-        return obs
+            self._interval = interval_features(decision.metrics).tolist()
+            values = [1.0, *self._no_admission, *self._interval]
+        else:  # the episode ended: no decision, the latest interval
+            values = [0.0, *self._no_admission, *self._interval]
+        return np.array(values, dtype=np.float32)
 
     def _act(self, decision: Decision, action: Any) -> Any:
         if decision.kind == "admit":
-            choice = int(action[0])
+            choice = action[0]
             return ADMIT_NONE if choice == 0 else choice - 1
-        return self.thresholds[int(action[1])]
+        return self.thresholds[action[1]]

@@ -18,8 +18,10 @@ from servegym.sim.platform import Platform
 from servegym.sim.telemetry import IntervalMetrics
 
 __all__ = [
+    "AdmissionFeatures",
     "KeyStats",
     "Layout",
+    "RoutingFeatures",
     "admission_features",
     "admission_layout",
     "interval_features",
@@ -158,6 +160,38 @@ def routing_features(platform: Platform, request: int) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
+class RoutingFeatures:
+    """:func:`routing_features` for one platform, with its constant part computed once.
+
+    An environment builds one per platform and calls it at every routing decision (tens
+    of thousands per episode): the backends' capabilities and prices sit in a template
+    vector, so each call copies it and writes only what changes.
+    """
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self._n_tenants = n = len(platform.scenario.workload.tenants)
+        template = [0.0] * (n + 3)
+        for b in platform.backends:
+            template += [0.0, b.cfg.capability, b.cfg.usd_per_mtok_out]
+        self._template = np.array(template, dtype=np.float32)
+        self._busy_at = [(n + 3 + 3 * k, b) for k, b in enumerate(platform.backends)]
+
+    def __call__(self, request: int) -> np.ndarray:
+        """The routing layout's vector for ``request``, equal to ``routing_features(platform, request)``."""
+        p = self.platform
+        R = p.requests
+        n = self._n_tenants
+        values = self._template.copy()
+        values[R.tenant[request]] = 1.0
+        values[n] = math.log1p(R.prompt_tokens[request])
+        values[n + 1] = R.difficulty[request]
+        values[n + 2] = len(p.pool.queue)
+        for at, backend in self._busy_at:
+            values[at] = backend.busy
+        return values
+
+
 def admission_layout(platform: Platform) -> Layout:
     """Features of an admission decision (writing a fresh answer into the caches).
 
@@ -198,6 +232,42 @@ def admission_features(platform: Platform, request: int, key_requests: int, key_
     )
     out[n_tenants + 6 :] = fills
     return out
+
+
+class AdmissionFeatures:
+    """:func:`admission_features` for one platform as a list of floats, capacities looked up once.
+
+    ``values(request, key_requests, key_age_s)`` returns the admission layout's values in
+    order (float32 conversion is the caller's, so an environment can place them inside a
+    larger observation with one conversion).
+    """
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self._n_tenants = len(platform.scenario.workload.tenants)
+        self._stores = [(t.store, float(t.cfg.capacity)) for t in platform.tiers]
+        semantic = platform.semantic
+        self._semantic = (semantic, float(semantic.cfg.capacity)) if semantic is not None else None
+
+    def values(self, request: int, key_requests: int, key_age_s: float) -> list[float]:
+        """The admission layout's values for ``request``; the caller tracks the key's frequency and age."""
+        R = self.platform.requests
+        values = [0.0] * self._n_tenants
+        values[R.tenant[request]] = 1.0
+        values += (
+            math.log1p(R.prompt_tokens[request]),
+            math.log1p(R.output_tokens[request]),
+            R.difficulty[request],
+            1.0 if R.good[request] else 0.0,
+            key_requests,
+            math.log1p(key_age_s if key_age_s < NEVER_SEEN_AGE_S else NEVER_SEEN_AGE_S),
+        )
+        for store, capacity in self._stores:
+            values.append(len(store) / capacity)
+        if self._semantic is not None:
+            semantic, capacity = self._semantic
+            values.append(len(semantic) / capacity)
+        return values
 
 
 class KeyStats:

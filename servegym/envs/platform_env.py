@@ -10,7 +10,7 @@ from gymnasium import spaces
 
 from servegym.envs.base import PlatformEnv
 from servegym.envs.caching import DEFAULT_THRESHOLDS
-from servegym.envs.features import interval_features, interval_layout
+from servegym.envs.features import Layout, interval_features, interval_layout
 from servegym.sim.config import ConfigError
 from servegym.sim.platform import Decision, Platform
 
@@ -37,7 +37,8 @@ class PlatformControlEnv(PlatformEnv):
     ## Observation Space
     ``Box(float32)``: the interval layout of :func:`servegym.envs.features.interval_layout`
     (the table in :class:`~servegym.envs.autoscaling.AutoscalingEnv`) followed by
-    ``routing_margin`` (-1..1).
+    ``routing_margin`` (-1..1). ``env.unwrapped.layout`` names them, so scaling policies
+    built with it read this observation.
 
     ## Rewards
     As every servegym env (:mod:`servegym.envs.base`): minus dollars, SLO misses and bad
@@ -87,6 +88,7 @@ class PlatformControlEnv(PlatformEnv):
         self.names = (*base.names, "routing_margin")
         low = np.append(base.low, np.float32(-1.0)).astype(np.float32)
         high = np.append(base.high, np.float32(1.0)).astype(np.float32)
+        self.layout = Layout(self.names, low, high)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.MultiDiscrete([pool.max_replicas + 1, len(self.margins), len(self.thresholds)])
         self._last = np.zeros(len(self.names), dtype=np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 from gymnasium import spaces
 
 from servegym.envs.base import PlatformEnv
-from servegym.envs.features import routing_features, routing_layout
+from servegym.envs.features import RoutingFeatures, routing_layout
 from servegym.sim.platform import Decision
 
 __all__ = ["RoutingEnv"]
@@ -62,12 +62,17 @@ class RoutingEnv(PlatformEnv):
         self.layout = routing_layout(self.platform)
         self.observation_space = spaces.Box(self.layout.low, self.layout.high, dtype=np.float32)
         self.action_space = spaces.Discrete(len(self.scenario.backends))
+        self._features = RoutingFeatures(self.platform)
         self._last = np.zeros(len(self.layout), dtype=np.float32)
 
+    def _on_reset(self) -> None:
+        self._features = RoutingFeatures(self.platform)
+
     def _observe(self, decision: Decision | None) -> np.ndarray:
-        if decision is not None:
-            self._last = routing_features(self.platform, decision.request)
-        return self._last.copy()
+        if decision is None:  # the episode ended: repeat the last observation
+            return self._last.copy()
+        self._last = obs = self._features(decision.request)
+        return obs.copy()
 
     def _act(self, decision: Decision, action: Any) -> Any:
-        return int(action)
+        return action

@@ -9,18 +9,31 @@ S3-FIFO) belongs to the tiers themselves (:mod:`servegym.sim.cache`).
 
 Threshold policies read an interval observation and return the semantic tier's
 cosine-similarity threshold as a ``float``.
+
+Policies find their features by name, so they also act on any observation that contains
+them, such as Caching-v0's (``decision_is_threshold``, the admission features, the
+interval features): build them with ``env.unwrapped.layout`` and combine them with
+:class:`AdmissionAndThreshold`, which answers Caching-v0's two kinds of decision::
+
+    caching = env.unwrapped
+    policy = AdmissionAndThreshold(
+        caching.layout, FrequencyAdmission(caching.layout), FixedThreshold(caching.layout, 0.9), caching.thresholds
+    )
+    observation, _ = env.reset(seed=0)
+    observation, reward, terminated, truncated, info = env.step(policy.act(observation))
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from servegym.envs.features import Layout
-from servegym.policies.base import checked_observation, require_features
+from servegym.policies.base import Policy, checked_observation, require_features
 
-__all__ = ["AdmitAll", "AdmitNone", "FixedThreshold", "FrequencyAdmission"]
+__all__ = ["AdmissionAndThreshold", "AdmitAll", "AdmitNone", "FixedThreshold", "FrequencyAdmission"]
 
 
 class _AdmissionPolicy:
@@ -109,3 +122,58 @@ class FixedThreshold:
 
     def reset(self) -> None:
         """Nothing to forget."""
+
+
+class AdmissionAndThreshold:
+    """Caching-v0's action from an admission policy and a threshold policy.
+
+    Caching-v0 asks two questions in one episode and says which in its observation's
+    ``decision_is_threshold`` feature. At an admission decision this returns
+    ``[admission.act(obs), i]``; at a threshold decision ``[0, i]``, where ``i`` indexes
+    the grid value in ``thresholds`` (the env's ``thresholds``) nearest to
+    ``threshold.act(obs)``, the lower on a tie. The component a decision does not use is
+    ignored by the env; ``i`` repeats the latest threshold choice there. Both policies
+    must read the same layout as this one (the env's ``layout``).
+    """
+
+    def __init__(self, layout: Layout, admission: Policy, threshold: Policy, thresholds: Sequence[float]) -> None:
+        owner = type(self).__name__
+        self._flag = require_features(layout, ["decision_is_threshold"], owner)["decision_is_threshold"]
+        grid = list(thresholds)
+        if not grid or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in grid):
+            raise ValueError(f"{owner}: thresholds = {thresholds!r} is invalid: must be a non-empty list in (0, 1]")
+        for name, policy in (("admission", admission), ("threshold", threshold)):
+            own = getattr(policy, "layout", None)
+            if isinstance(own, Layout) and own.names != layout.names:
+                raise ValueError(
+                    f"{owner}: the {name} policy {type(policy).__name__} reads the features {list(own.names)}, "
+                    f"not this layout's {list(layout.names)}: build it with the same layout (env.unwrapped.layout)"
+                )
+        self.layout = layout
+        self.admission = admission
+        self.threshold = threshold
+        self.thresholds = np.array(grid, dtype=np.float64)
+        self._index = 0
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        obs = checked_observation(observation, self.layout, type(self).__name__)
+        if obs[self._flag] >= 0.5:
+            value = self.threshold.act(obs)
+            if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
+                raise ValueError(
+                    f"threshold policy returned {value!r} ({type(value).__name__}): must be a number in (0, 1]"
+                )
+            self._index = int(np.argmin(np.abs(self.thresholds - float(value))))
+            return np.array([0, self._index], dtype=np.int64)
+        choice = self.admission.act(obs)
+        if not isinstance(choice, (int, np.integer)) or isinstance(choice, (bool, np.bool_)):
+            raise ValueError(
+                f"admission policy returned {choice!r} ({type(choice).__name__}): must be an integer level choice"
+            )
+        return np.array([choice, self._index], dtype=np.int64)
+
+    def reset(self) -> None:
+        """Reset both policies and forget the latest threshold choice."""
+        self.admission.reset()
+        self.threshold.reset()
+        self._index = 0

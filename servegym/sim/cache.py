@@ -363,7 +363,9 @@ class SemanticTier:
         while sum(caps) > cfg.capacity and max(caps) > 1:
             caps[caps.index(max(caps))] -= 1
         self.capacities = caps
-        self.emb = [np.zeros((c, dim), dtype=np.float32) for c in caps]
+        # Entry ``row`` is column ``row`` of a (dim, capacity) matrix: the lookup q @ emb
+        # runs as BLAS's non-transposed gemv, markedly faster than emb @ q over rows.
+        self.emb = [np.zeros((dim, c), dtype=np.float32) for c in caps]
         self.intent = [[-1] * c for c in caps]
         self.good = [[False] * c for c in caps]
         self.expires = [[math.inf] * c for c in caps]
@@ -386,7 +388,7 @@ class SemanticTier:
         emb = self.emb[tenant]
         sims = self._sims[tenant]
         while True:
-            np.dot(emb, query, out=sims)
+            np.dot(query, emb, out=sims)
             # ndarray.argmax is a C method (max() goes through a Python wrapper): one
             # reduction answers both "any match?" and "which row?".
             row = int(sims.argmax())
@@ -414,7 +416,7 @@ class SemanticTier:
                 self.evictions += 1
             rows[key] = row
             self.key_of[tenant][row] = key
-            self.emb[tenant][row] = query
+            self.emb[tenant][:, row] = query
             self.recency[tenant][row] = None
         else:
             self.recency[tenant].move_to_end(row)
@@ -429,7 +431,7 @@ class SemanticTier:
         del self.row_of[tenant][self.key_of[tenant][row]]
         del self.recency[tenant][row]
         self.key_of[tenant][row] = -1
-        self.emb[tenant][row] = 0.0
+        self.emb[tenant][:, row] = 0.0
         self.intent[tenant][row] = -1
         self.expires[tenant][row] = math.inf
         self.free[tenant].append(row)

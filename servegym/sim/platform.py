@@ -24,6 +24,7 @@ import math
 from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from heapq import heappop
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -127,7 +128,7 @@ class BuiltinController:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """A deferred decision: ``kind`` is ``route``, ``admit``, ``scale`` or ``threshold``.
 
@@ -251,14 +252,26 @@ class Platform:
         """Advance until a deferred decision waits (returned) or time ``until`` is reached (None)."""
         end = self.scenario.duration_s if until is None else until
         env = self.env
-        while not self.pending:
+        pending = self.pending
+        # SimPy's event heap, used directly: this loop is Environment.peek() and
+        # Environment.step() inlined, the hottest loop of a per-request environment.
+        queue = env._queue
+        while not pending:
             # Like run(until=end): events at exactly ``end`` belong to the next run.
-            if env.peek() >= end:
+            if not queue or queue[0][0] >= end:
                 if env.now < end:
                     env.run(until=end)
                 return None
-            env.step()
-        return self.pending[0]
+            env._now, _, _, event = heappop(queue)
+            callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]  # as SimPy does
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):
+                # As Environment.step(): a failed event nobody handled crashes the run.
+                exc = type(event._value)(*event._value.args)
+                exc.__cause__ = event._value
+                raise exc
+        return pending[0]
 
     def resolve(self, decision: Decision, action: Any) -> None:
         """Carry out ``action`` for the oldest pending ``decision`` and continue its story."""
@@ -266,11 +279,13 @@ class Platform:
             raise ValueError("resolve() must answer the oldest pending decision, the one step_to_decision() returned")
         # Validate before taking the decision off the queue, so a bad action can be retried.
         if decision.kind == "route":
-            backend = self._check_backend(action)
+            fast = type(action) is int and 0 <= action < self._n_backends
+            backend = action if fast else self._check_backend(action)
             self.pending.popleft()
             self._call(decision.request, backend)
         elif decision.kind == "admit":
-            level = self._check_level(action)
+            fast = type(action) is int and ADMIT_NONE <= action < self.n_levels
+            level = action if fast else self._check_level(action)
             self.pending.popleft()
             self._insert(decision.request, level)
         else:

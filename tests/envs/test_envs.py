@@ -177,3 +177,43 @@ def test_bad_constructor_arguments_name_the_argument() -> None:
         servegym.envs.CachingEnv(thresholds=[1.5])
     with pytest.raises(ConfigError, match="unknown key"):
         servegym.envs.RoutingEnv(overrides=["pool.nope=1"])
+
+
+def test_per_step_feature_builders_equal_the_shared_feature_functions() -> None:
+    from servegym.envs.features import AdmissionFeatures, RoutingFeatures, admission_features, routing_features
+    from servegym.sim.platform import Platform
+
+    platform = Platform(servegym.envs.resolve_scenario("default", ["workload.rate_rps=8.0"], 120.0))
+    platform.run()
+    routing, admission = RoutingFeatures(platform), AdmissionFeatures(platform)
+    for request in range(0, platform.arrived, 7):
+        assert np.array_equal(routing(request), routing_features(platform, request))
+        for count, age_s in ((1, 1e9), (3, 2.5)):
+            built = np.array(admission.values(request, count, age_s), dtype=np.float32)
+            assert np.array_equal(built, admission_features(platform, request, count, age_s))
+
+
+@pytest.mark.parametrize(
+    ("env_id", "good", "bad"),
+    [
+        ("servegym/Routing-v0", [1, np.int64(2), np.int32(0)], [1.0, np.int64(3), -1, "1", np.array([1])]),
+        (
+            "servegym/Caching-v0",
+            [np.array([1, 0]), [0, 9], (4, 2), np.array([1, 1], dtype=np.int32)],
+            [np.array([5, 0]), np.array([1, 10]), np.array([1.0, 0.0]), np.array([[1, 0]]), [1], 1],
+        ),
+    ],
+)
+def test_integer_actions_take_the_fast_check_and_others_the_full_one(env_id: str, good: Any, bad: Any) -> None:
+    env = make(env_id)
+    env.reset(seed=0)
+    unwrapped: Any = env.unwrapped
+    for action in good:
+        assert env.action_space.contains(action)
+        checked = unwrapped._checked_action(action)
+        assert checked == (int(action) if np.ndim(action) == 0 else [int(a) for a in action])
+        env.step(action)
+    for action in bad:
+        assert not env.action_space.contains(action), action
+        with pytest.raises(ValueError, match="not in the action space"):
+            env.step(action)

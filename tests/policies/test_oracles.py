@@ -155,7 +155,25 @@ ROUTING = ScenarioConfig(
 )
 
 
-def test_oracle_router_gets_every_good_answer_a_heuristic_gets_at_no_greater_cost() -> None:
+def test_oracle_router_dominates_every_heuristic_in_quality_and_in_the_price_of_quality() -> None:
+    """What "the oracle router's quality-per-cost is never worse than any heuristic's" can soundly mean.
+
+    Read literally (good answers per dollar over the whole run) it is false: always-cheapest
+    buys few good answers very cheaply and so has a *higher* ratio than the oracle, which
+    pays for the expensive backends that hard requests need (and, by design, sends requests
+    no backend answers well to the strongest one). The test asserts that this happens here,
+    so the distinction is not hypothetical. What is true, and asserted, for every heuristic
+    H on the same requests (same seed, so identical request streams):
+
+    1. Quality dominance, request by request: every request H answers well, the oracle
+       answers well; so the oracle's good answers are at least H's.
+    2. Price of quality: on every request the oracle answers well, it pays the least that
+       any backend would charge for a good answer to it (checked against every backend,
+       so against every possible router, not only the seven heuristics).
+    3. The ratio form that follows: on the good answers H obtains, the oracle's good
+       answers per dollar are at least H's on those same answers, hence at least H's
+       good answers per dollar over the whole run.
+    """
     oracle = Platform(ROUTING, OracleRouter())
     oracle.run()
     o = oracle.requests.frame(oracle.arrived)
@@ -170,29 +188,45 @@ def test_oracle_router_gets_every_good_answer_a_heuristic_gets_at_no_greater_cos
         Strongest(layout, names),
         DifficultyCascade(layout, names),
     ]
-    good_answers, token_usd = {}, {}
+    answered = o["outcome"] == COMPLETED
+    assert answered.sum() > 0.98 * oracle.arrived > 1000 and oracle.dropped == 0
+
+    # 2. Every backend's token cost and outcome for every request, by the platform's own rules.
+    usd_on = np.stack([o["prompt_tokens"] * b.usd_in + o["output_tokens"] * b.usd_out for b in probe.backends])
+    good_on = np.stack([o["u_quality"] < np.array([b.p_good(d) for d in o["difficulty"]]) for b in probe.backends])
+    cheapest_good_usd = np.where(good_on, usd_on, np.inf).min(axis=0)
+    won = answered & o["good"]
+    assert np.allclose(o["cost_usd"][won], cheapest_good_usd[won], rtol=1e-12, atol=0.0)
+    assert (won == answered & good_on.any(axis=0)).all()  # it misses only what no backend answers well
+
+    good_per_usd, good, token_usd = {}, {}, {}
     for router in routers:
         name = type(router).__name__
         run = Platform(ROUTING, PolicyController(routing=router))
-        kpis = run.run()["all"]
+        run.run()
         h = run.requests.frame(run.arrived)
-        assert run.arrived == oracle.arrived > 1000 and run.dropped == oracle.dropped == 0
-        both = (o["outcome"] == COMPLETED) & (h["outcome"] == COMPLETED)
-        assert both.sum() > 0.98 * oracle.arrived
-        # Quality: whatever the heuristic answers well, the oracle answers well too ...
-        assert not (h["good"] & ~o["good"])[both].any(), name
-        # ... and it pays no more for those answers, request by request, so its good answers
-        # per USD on them are at least the heuristic's.
+        assert run.arrived == oracle.arrived and run.dropped == 0, name
+        for column in ("arrival_s", "prompt_tokens", "output_tokens", "difficulty", "u_quality"):
+            assert np.array_equal(h[column], o[column]), (name, column)  # the same requests
+        both = answered & (h["outcome"] == COMPLETED)
+        assert both.sum() > 0.98 * oracle.arrived, name
+        # 1. Quality dominance, request by request.
         bought = both & h["good"]
-        assert (o["cost_usd"][bought] <= h["cost_usd"][bought] + 1e-15).all(), name
-        assert bought.sum() / o["cost_usd"][bought].sum() >= bought.sum() / h["cost_usd"][bought].sum()
-        assert oracle.good_answers >= run.good_answers
-        good_answers[name], token_usd[name] = run.good_answers, kpis["token_cost_usd"]
+        assert o["good"][bought].all(), name
+        assert oracle.good_answers >= run.good_answers, name
+        # 3. The oracle buys H's good answers for no more than H pays for them, let alone in all.
+        assert (o["cost_usd"][bought] <= h["cost_usd"][bought] * (1 + 1e-12)).all(), name
+        n_bought = bought.sum()
+        oracle_rate = n_bought / o["cost_usd"][bought].sum()
+        assert oracle_rate >= n_bought / h["cost_usd"][bought].sum() >= run.good_answers / run.token_usd, name
+        good_per_usd[name] = run.good_answers / run.token_usd
+        good[name], token_usd[name] = run.good_answers, run.token_usd
+
+    # The literal reading is false: always-cheapest gets more good answers per dollar overall.
+    assert good_per_usd["Cheapest"] > oracle.good_answers / oracle.token_usd
     # The bound is not vacuous: more good answers than the cheap and the fair routers, and the
     # strongest backend's quality at a fraction of its cost.
-    assert oracle.good_answers > max(
-        good_answers["Cheapest"], good_answers["RoundRobin"], good_answers["JoinShortestQueue"]
-    )
+    assert oracle.good_answers > max(good["Cheapest"], good["RoundRobin"], good["JoinShortestQueue"])
     assert oracle.token_usd < 0.5 * token_usd["Strongest"]
 
 
