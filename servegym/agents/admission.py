@@ -134,6 +134,42 @@ class CachingEnvPolicy:
     def reset(self) -> None:
         self.admission.reset()
 
+    @classmethod
+    def nearest(cls, env: gym.Env[Any, Any], admission: Policy) -> CachingEnvPolicy:
+        """Wrap ``admission`` for ``env`` (Caching-v0), keeping the threshold nearest the scenario's own."""
+        base: Any = env.unwrapped
+        thresholds = np.asarray(base.thresholds)
+        keep = int(np.argmin(np.abs(thresholds - base.scenario.cache.semantic.threshold)))
+        return cls(base.layout, admission, keep)
+
+    def save(self, directory: Path) -> None:
+        """Write the env layout and threshold index (JSON) and the admission policy into ``admission/``."""
+        from servegym.agents.io import save_policy
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "threshold_index": self.threshold_index,
+            "layout": {
+                "names": list(self.layout.names),
+                "low": self.layout.low.tolist(),
+                "high": self.layout.high.tolist(),
+            },
+        }
+        (directory / "caching_env_policy.json").write_text(json.dumps(config, indent=2))
+        save_policy(self.admission, directory / "admission")
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """The policy :meth:`save` wrote into ``directory``."""
+        from servegym.agents.io import load_policy
+
+        directory = Path(directory)
+        config = json.loads((directory / "caching_env_policy.json").read_text())
+        lay = config["layout"]
+        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        return cls(layout, load_policy(directory / "admission"), int(config["threshold_index"]))
+
 
 def reuse_labels(frame: dict[str, np.ndarray], inserts: np.ndarray) -> np.ndarray:
     """Whether each inserted answer (request ids ``inserts``) was reused before it left the cache.

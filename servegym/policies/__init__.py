@@ -23,7 +23,7 @@ from typing import Any
 
 from servegym.policies.adapter import PolicyController
 from servegym.policies.base import Policy, checked_observation, require_features
-from servegym.policies.caching import AdmitAll, AdmitNone, FixedThreshold, FrequencyAdmission
+from servegym.policies.caching import AdmissionAndThreshold, AdmitAll, AdmitNone, FixedThreshold, FrequencyAdmission
 from servegym.policies.routing import (
     Cheapest,
     DifficultyCascade,
@@ -39,6 +39,7 @@ __all__ = [
     "HPA",
     "KPA",
     "POLICIES",
+    "AdmissionAndThreshold",
     "AdmitAll",
     "AdmitNone",
     "Cheapest",

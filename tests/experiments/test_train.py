@@ -235,3 +235,62 @@ def test_cli_reports_a_bad_value_without_a_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "agent.algo: dqn cannot act" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("agent", "env_name", "env_id", "budget"),
+    [
+        ("predictive", "autoscaling", "servegym/Autoscaling-v0", 120),
+        ("bandit", "routing", "servegym/Routing-v0", 1500),
+        ("admission", "caching", "servegym/Caching-v0", 1500),
+        ("distill", "autoscaling", "servegym/Autoscaling-v0", 120),
+    ],
+)
+def test_each_sklearn_learner_trains_through_the_app(
+    agent: str, env_name: str, env_id: str, budget: int, store: str, tmp_path: Path
+) -> None:
+    extra = ["agent.learner.n_estimators=20"] if agent in ("predictive", "admission") else []
+    cfg = _compose(
+        f"agent={agent}",
+        f"env={env_name}",
+        *[o for o in TINY if not o.startswith("agent.")],
+        f"total_timesteps={budget}",
+        f"tracking.uri={store}",
+        *extra,
+    )
+    result = run_training(cfg)
+    env = gym.make(env_id, duration_s=300.0)
+    obs, _ = env.reset(seed=2)
+    first = np.asarray(result.policy.act(obs)).astype(np.int64).reshape(env.action_space.shape)
+    assert env.action_space.contains(first)
+    local = MlflowClient(store).download_artifacts(result.run_id, "policy", str(tmp_path))
+    reloaded = load_policy(local)
+    reloaded.reset()
+    result.policy.reset()
+    for _ in range(19):  # policies may keep state: one act per observation each
+        action = result.policy.act(obs)
+        assert np.array_equal(np.asarray(reloaded.act(obs)), np.asarray(action))
+        obs, *_ = env.step(action)
+    assert "eval/cost_usd" in MlflowClient(store).get_run(result.run_id).data.metrics
+
+
+def test_distillation_of_a_trained_run(store: str) -> None:
+    teacher = run_training(_compose("agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}"))
+    cfg = _compose(
+        "agent=distill",
+        *[o for o in TINY if not o.startswith("agent.")],
+        "total_timesteps=90",
+        f"+agent.teacher_run={teacher.run_id}",
+        f"tracking.uri={store}",
+    )
+    student = run_training(cfg)
+    metrics = MlflowClient(store).get_run(student.run_id).data.metrics
+    assert 0.0 <= metrics["distill/fidelity"] <= 1.0
+    assert student.policy.rules()  # type: ignore[attr-defined]
+
+
+def test_sklearn_learner_arguments_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"agent\.learner\.n_trees: PredictiveAutoscalerLearner has no argument"):
+        validate(_plain(_compose("agent=predictive", "+agent.learner.n_trees=5")))
+    with pytest.raises(ConfigError, match=r"agent 'bandit' trains on servegym/Routing-v0 only"):
+        validate(_plain(_compose("agent=bandit", "env=autoscaling")))
