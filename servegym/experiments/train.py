@@ -53,6 +53,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import servegym.envs  # noqa: F401 - registers the environments
+from servegym.agents.admission import CachingEnvPolicy, LearnedAdmission
 from servegym.agents.io import load_policy, save_policy
 from servegym.agents.sb3 import ALGORITHMS, SB3Policy, build_model, check_algorithm, check_hyperparams, make_vec_env
 from servegym.envs import ENV_IDS
@@ -363,6 +364,9 @@ class _Trainer:
         except Exception as exc:  # Hydra wraps the constructor's ValueError
             raise ConfigError(f"agent.learner: {exc}") from exc
         policy: Policy = learner.learn(env, self.v.total_timesteps, self.v.seed, log=self.batch.log)
+        if isinstance(policy, LearnedAdmission):
+            # it decides admissions only: Caching-v0 also asks for the semantic threshold
+            policy = CachingEnvPolicy.nearest(env, policy)
         env.close()
         return policy, self.v.total_timesteps
 
