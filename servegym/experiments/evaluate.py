@@ -16,14 +16,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from servegym.envs.features import admission_layout, routing_layout
+from servegym.envs.features import admission_layout, interval_layout, routing_layout
 from servegym.experiments.stats import Estimate, estimate, paired_difference
-from servegym.policies import POLICIES, PolicyController, make_policy, scaling_kwargs
+from servegym.policies import POLICIES, Policy, PolicyController, make_policy, scaling_kwargs
 from servegym.sim.config import ScenarioConfig
 from servegym.sim.oracles import ClairvoyantScaler, OracleRouter
 from servegym.sim.platform import Controller, Platform
 
-__all__ = ["DECISIONS", "KPI_COLUMNS", "PolicyResult", "evaluate", "format_comparison", "run_policy"]
+__all__ = [
+    "DECISIONS",
+    "ENV_DECISIONS",
+    "KPI_COLUMNS",
+    "PolicyResult",
+    "evaluate",
+    "format_comparison",
+    "run_policy",
+    "simulate",
+]
 
 DECISIONS: dict[str, str] = {
     "static": "scaling",
@@ -83,16 +92,31 @@ class PolicyResult:
 
 
 def _controller(
-    spec: str, env_id: str, platform: Platform, params: Mapping[str, Mapping[str, Any]], seed: int
+    spec: str,
+    env_id: str,
+    platform: Platform,
+    params: Mapping[str, Mapping[str, Any]],
+    seed: int,
+    trained: Mapping[str, Policy] | None = None,
 ) -> Controller | None:
-    """The controller for policy ``spec`` (names joined by ``+``) on ``platform``."""
+    """The controller for policy ``spec`` (names joined by ``+``) on ``platform``.
+
+    ``trained`` gives ready-made policies by decision (``"scaling"``, ``"routing"``, ...);
+    the names in ``spec`` make the other decisions.
+    """
     names = [n for n in spec.split("+") if n]
     allowed = ENV_DECISIONS.get(env_id.removeprefix("servegym/"))
     if allowed is None:
         raise ValueError(f"unknown environment {env_id!r}; known: {', '.join(ENV_DECISIONS)}")
-    if names == ["builtin"]:
+    trained = dict(trained or {})
+    if names == ["builtin"] and not trained:
         return None
+    if names == ["builtin"]:
+        names = []
     chosen: dict[str, Any] = {}
+    for fixed in trained:
+        if fixed not in allowed:
+            raise ValueError(f"a trained {fixed} policy does not fit {env_id} ({', '.join(sorted(allowed))})")
     for name in names:
         decision = DECISIONS.get(name)
         if decision is None:
@@ -101,7 +125,7 @@ def _controller(
             raise ValueError(
                 f"policy {name!r} decides {decision}, which {env_id} does not expose ({', '.join(allowed)})"
             )
-        if decision in chosen:
+        if decision in chosen or decision in trained:
             raise ValueError(f"policy spec {spec!r} names two {decision} policies")
         chosen[decision] = name
     scenario = platform.scenario
@@ -110,7 +134,7 @@ def _controller(
         if len(chosen) > 1:
             raise ValueError(f"oracle {oracles[0]!r} runs alone; it cannot be combined in {spec!r}")
         return ORACLES[oracles[0]](**params.get(oracles[0], {}))
-    built: dict[str, Any] = {}
+    built: dict[str, Any] = dict(trained)
     for decision, name in chosen.items():
         kwargs = dict(params.get(name, {}))
         if decision == "scaling":
@@ -128,6 +152,7 @@ def _controller(
         elif decision == "admission":
             kwargs = {"layout": admission_layout(platform), **kwargs}
         elif decision == "threshold":
+            kwargs = {"layout": interval_layout(scenario), **kwargs}
             kwargs.setdefault("threshold", scenario.cache.semantic.threshold)
         built[decision] = make_policy(name, **kwargs)
     return PolicyController(**built)
@@ -141,11 +166,28 @@ def run_policy(
     params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run one seed of ``scenario`` with policy ``spec``; returns KPIs overall and per tenant."""
+    return simulate(spec, env_id, scenario, seed, params).kpis()
+
+
+def simulate(
+    spec: str,
+    env_id: str,
+    scenario: ScenarioConfig,
+    seed: int,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    trained: Mapping[str, Policy] | None = None,
+) -> Platform:
+    """Run one seed of ``scenario`` with policy ``spec`` to its end; returns the platform with its telemetry.
+
+    ``trained`` adds ready-made policies by decision (for example a trained scaler), which
+    the heuristics named in ``spec`` complement.
+    """
     platform = Platform(scenario, seed=seed)
-    controller = _controller(spec, env_id, platform, params or {}, seed)
+    controller = _controller(spec, env_id, platform, params or {}, seed, trained)
     if controller is not None:
         platform.controller = controller
-    return platform.run()
+    platform.run()
+    return platform
 
 
 def evaluate(

@@ -1,0 +1,737 @@
+"""``servegym compare``: policies x scenarios x seeds as a Hydra multirun, one MLflow run per job.
+
+A Hydra app (config ``servegym/conf/compare.yaml``) that always runs as a multirun::
+
+    servegym compare policies=[static+round_robin,hpa+cascade,oracle_router] scenarios=[steady,bursty] seeds=5
+    servegym compare +experiment=leaderboard                 # the standard leaderboard
+    servegym compare policies=[hpa+round_robin,run:<id>+round_robin] hydra.launcher.n_jobs=4
+
+How it runs:
+
+1. :class:`ComparisonCallback` ``on_multirun_start`` validates the comparison and creates the
+   *parent* MLflow run (tagged with the sweep directory).
+2. The sweeper turns ``policies`` and ``scenarios`` into one job per pair (the ``scenario``
+   config group is swept, so every scenario YAML is validated by the structured schema).
+   Jobs run in parallel — the joblib launcher by default, submitit or Ray by choosing
+   ``hydra/launcher`` — and each one (:func:`run_job`) finds the parent by its tag, runs
+   every seed and records a *nested* run: KPIs per seed (``kpi/<name>`` at step = seed),
+   means and 95% half-widths (``mean/<name>``, ``ci95/<name>``) and ``results.json``
+   (per-seed KPIs and the telemetry the figures need).
+3. ``on_multirun_end`` reads the nested runs back from MLflow — so it works for any
+   launcher — and logs to the parent, and writes under ``<sweep dir>/comparison/``: the
+   tables (:mod:`servegym.experiments.leaderboard`), the figures
+   (:mod:`servegym.experiments.plots`) and a self-contained ``report.html``.
+
+A policy is a spec of :mod:`servegym.experiments.evaluate` (heuristics joined by ``+``,
+oracles), optionally with trained policies from MLflow: ``run:<run id>`` or
+``models:/<name>/<version>`` (or ``models:/<name>@<alias>``) for the ``policy/`` artifact
+of a ``servegym train`` run. A trained scaler or router joins heuristics for the other
+decisions (``run:<id>+cascade``) and runs as the simulator's controller; a trained
+caching or platform policy runs alone inside its Gymnasium environment (no time series).
+``policy_defs.<label>`` names a variant: a spec with scenario overrides and policy
+parameters (the headline experiment's "plain platform, no cache" is one).
+
+Each job returns the mean ``objective_usd`` (cost plus a price per SLO miss and per bad
+answer), which the Optuna sweeper minimises when tuning heuristics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import traceback
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from servegym.experiments.evaluate import DECISIONS, KPI_COLUMNS, PolicyResult, simulate
+from servegym.experiments.leaderboard import HIGHER_IS_BETTER, ScenarioSummary, format_summary, summarise
+from servegym.experiments.schema import register_configs, schema_of
+from servegym.experiments.stats import estimate
+from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, tracking_uri
+from servegym.policies.base import Policy
+from servegym.sim.config import SCENARIO_DIR, ConfigError, ScenarioConfig, apply_overrides, scenario_from_dict
+from servegym.sim.platform import Platform
+from servegym.sim.telemetry import COMPLETED, intervals_to_columns
+
+__all__ = [
+    "ComparisonCallback",
+    "PolicyDef",
+    "aggregate",
+    "app",
+    "objective_usd",
+    "resolve_policy",
+    "run_job",
+    "seeds_of",
+    "sweep_values",
+    "telemetry_of",
+]
+
+log = logging.getLogger(__name__)
+# Results are small JSON files read back in a loop: no progress bar per download.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+TABLE_KPIS = ("latency_p95_s", "slo_attainment", "cost_usd", "hit_rate", "quality", "objective_usd")
+LABELS: dict[str, str] = {k: label for k, label in KPI_COLUMNS} | {"objective_usd": "objective $"}
+QUANTILE_PROBS = np.linspace(0.0, 1.0, 101)
+TRAINED_PREFIXES = ("run:", "models:/")
+TRAINED_DECISIONS = {"servegym/Autoscaling-v0": "scaling", "servegym/Routing-v0": "routing"}
+SWEEP_TAG = "servegym.sweep_dir"
+RESULTS = "results.json"
+
+
+def sweep_values(values: Any) -> str:
+    """A list as a Hydra sweep string of quoted values (``[a, b+c]`` → ``'a','b+c'``)."""
+    items = list(values) if isinstance(values, list | tuple) or OmegaConf.is_list(values) else [values]
+    if not items:
+        raise ConfigError("a comparison needs at least one policy and one scenario (got an empty list)")
+    for item in items:
+        if "'" in str(item) or "," in str(item):
+            raise ConfigError(f"{item!r}: policy and scenario names cannot contain quotes or commas")
+    return ",".join(f"'{item}'" for item in items)
+
+
+def _sim_dataclasses(cls: type, seen: dict[str, type]) -> dict[str, type]:
+    """Every simulator dataclass reachable from ``cls`` through its field types."""
+    if cls.__name__ in seen:
+        return seen
+    seen[cls.__name__] = cls
+    for hint in typing.get_type_hints(cls).values():
+        stack = [hint]
+        while stack:
+            tp = stack.pop()
+            if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+                _sim_dataclasses(tp, seen)
+            stack.extend(typing.get_args(tp))
+    return seen
+
+
+def _schema_importable() -> None:
+    """Make the structured-schema classes importable from this module, so they pickle by reference.
+
+    The joblib launcher ships Hydra's ConfigStore and each job's config to its worker
+    processes; classes built by ``dataclasses.make_dataclass`` are not importable, so
+    cloudpickle copies them by value, and the copies' ``dataclasses.MISSING`` defaults are
+    no longer the sentinel, which breaks composing the scenario in the worker. A worker
+    that unpickles ``servegym.experiments.compare.<Name>Schema`` imports this module,
+    which rebuilds the same classes (``schema_of`` is cached) and registers them here.
+    """
+    module = sys.modules[__name__]
+    for cls in _sim_dataclasses(ScenarioConfig, {}).values():
+        schema = schema_of(cls)
+        schema.__module__ = __name__
+        schema.__qualname__ = schema.__name__
+        setattr(module, schema.__name__, schema)
+
+
+def _rounded(value: Any, digits: Any = 3) -> float:
+    """``value`` rounded to ``digits`` decimals: short, readable labels for tuned parameters."""
+    return round(float(value), int(digits))
+
+
+OmegaConf.register_new_resolver("servegym.sweep", sweep_values, replace=True)
+OmegaConf.register_new_resolver("servegym.round", _rounded, replace=True)
+register_configs()
+_schema_importable()
+
+
+def seeds_of(value: Any) -> list[int]:
+    """``seeds`` as a list: an integer ``n`` means seeds ``0..n-1``; a list is taken as it is."""
+    if isinstance(value, bool):
+        raise ConfigError(f"seeds = {value!r} is invalid: an integer n (seeds 0..n-1) or a list of seeds")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"seeds = {value} is invalid: must be >= 1")
+        return list(range(value))
+    if isinstance(value, list | tuple) or OmegaConf.is_list(value):
+        seeds = list(value)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise ConfigError(f"seeds = {seeds!r} is invalid: a non-empty list of integers >= 0")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds = {seeds!r} lists a seed twice")
+        return [int(s) for s in seeds]
+    raise ConfigError(f"seeds = {value!r} is invalid: an integer n (seeds 0..n-1) or a list of seeds")
+
+
+@dataclass(frozen=True)
+class PolicyDef:
+    """What a policy label means: a spec, scenario overrides and policy parameters."""
+
+    label: str
+    spec: str
+    scenario_overrides: tuple[str, ...] = ()
+    params: Mapping[str, Mapping[str, Any]] | None = None
+
+
+def resolve_policy(label: str, policy_defs: Mapping[str, Any], params: Mapping[str, Any]) -> PolicyDef:
+    """The definition of ``label``: from ``policy_defs`` if it names one there, else ``label`` is the spec.
+
+    The spec's parts must be known policy names or trained-policy references; the error
+    says which part is wrong and what is allowed.
+    """
+    entry = policy_defs.get(label)
+    if entry is None:
+        definition = PolicyDef(label, label, (), params)
+    else:
+        if not isinstance(entry, Mapping) or "spec" not in entry:
+            raise ConfigError(f"policy_defs.{label} must be a mapping with a spec (and optional scenario, params)")
+        unknown = sorted(set(entry) - {"spec", "scenario", "params"})
+        if unknown:
+            raise ConfigError(f"policy_defs.{label}: unknown key {unknown[0]}; allowed: spec, scenario, params")
+        merged = {**params, **dict(entry.get("params") or {})}
+        overrides = tuple(str(o) for o in entry.get("scenario") or ())
+        definition = PolicyDef(label, str(entry["spec"]), overrides, merged)
+    for part in definition.spec.split("+"):
+        if part.startswith(TRAINED_PREFIXES):
+            continue
+        if part not in DECISIONS:
+            raise ConfigError(
+                f"policy {label!r}: {part!r} is not a policy; use one of {', '.join(sorted(DECISIONS))}, "
+                "run:<mlflow run id> or models:/<registered name>/<version>"
+            )
+    return definition
+
+
+def objective_usd(kpis: Mapping[str, float], slo_miss_usd: float, bad_answer_usd: float) -> float:
+    """Cost plus ``slo_miss_usd`` per request that missed its SLO and ``bad_answer_usd`` per bad answer.
+
+    Misses count finished requests (completed or dropped) outside their SLO; bad answers
+    count completed requests that were not answered well.
+    """
+    finished = kpis["requests"] - kpis["in_flight"]
+    misses = (1.0 - kpis["slo_attainment"]) * finished if finished else 0.0
+    bad = (1.0 - kpis["quality"]) * kpis["completed"] if kpis["completed"] else 0.0
+    return float(kpis["cost_usd"] + slo_miss_usd * misses + bad_answer_usd * bad)
+
+
+def telemetry_of(platform: Platform) -> dict[str, Any]:
+    """What the figures need from one run: latency quantiles and interval time series."""
+    cols = platform.requests.frame(platform.arrived)
+    done = cols["outcome"] == COMPLETED
+    latency = (cols["end_s"] - cols["arrival_s"])[done]
+    iv = intervals_to_columns(platform.intervals, platform.level_names)
+    arrivals = iv["arrivals"].astype(np.float64) if len(platform.intervals) else np.zeros(0)
+    series: dict[str, list[float]] = {
+        name: np.asarray(iv[name], dtype=np.float64).tolist()
+        for name in ("time_s", "arrival_rate_rps", "ready_replicas", "target_replicas", "latency_p95_s")
+        if name in iv
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for tier in platform.level_names:
+            rate = np.where(arrivals > 0, iv[f"hits_{tier}"] / np.maximum(arrivals, 1.0), np.nan)
+            series[f"hit_rate_{tier}"] = rate.tolist()
+    return {
+        "latency_quantiles": np.quantile(latency, QUANTILE_PROBS).tolist() if len(latency) else [],
+        "intervals": series,
+    }
+
+
+def _named_kpis(
+    kpis: Mapping[str, float], level_names: Sequence[str], objective: Mapping[str, Any]
+) -> dict[str, float]:
+    """Overall KPIs with per-tier hit rates by tier name and the objective added."""
+    out = dict(kpis)
+    for k, tier in enumerate(level_names):
+        if f"hit_rate_l{k}" in out:
+            out[f"hit_rate_{tier}"] = out.pop(f"hit_rate_l{k}")
+    out["objective_usd"] = objective_usd(kpis, float(objective["slo_miss_usd"]), float(objective["bad_answer_usd"]))
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+# -- trained policies -----------------------------------------------------------------------
+def _load_trained(ref: str, client: MlflowClient, into: Path) -> tuple[Policy, str, dict[str, Any]]:
+    """A trained policy from ``run:<id>`` or ``models:/<name>/<version|@alias>``: (policy, env id, run config)."""
+    from servegym.agents.io import load_policy
+
+    if ref.startswith("run:"):
+        run_id = ref.removeprefix("run:")
+    else:
+        name, _, version = ref.removeprefix("models:/").partition("/")
+        try:
+            if "@" in name:
+                name, _, alias = name.partition("@")
+                run_id = str(client.get_model_version_by_alias(name, alias).run_id)
+            else:
+                run_id = str(client.get_model_version(name, version).run_id)
+        except Exception as exc:
+            raise ConfigError(f"{ref}: no such registered model version ({exc})") from exc
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        raise ConfigError(f"{ref}: no MLflow run {run_id!r} at this tracking URI ({exc})") from exc
+    env_id = run.data.tags.get("servegym.env", "")
+    local = Path(client.download_artifacts(run_id, "policy", str(into)))
+    config: dict[str, Any] = {}
+    try:
+        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(into))).read_text())
+    except Exception:  # runs logged outside servegym train may have no config; env kwargs then default
+        config = {}
+    return load_policy(local), env_id, config
+
+
+def _run_seeds(
+    definition: PolicyDef,
+    env_id: str,
+    scenario: ScenarioConfig,
+    seeds: Sequence[int],
+    client: MlflowClient,
+    workdir: Path,
+) -> tuple[list[dict[str, float]], list[str], dict[str, Any] | None]:
+    """Per-seed overall KPIs, the level names and the telemetry (None for policies run inside an env)."""
+    parts = definition.spec.split("+")
+    trained_refs = [p for p in parts if p.startswith(TRAINED_PREFIXES)]
+    heuristics = "+".join(p for p in parts if not p.startswith(TRAINED_PREFIXES)) or "builtin"
+    trained: dict[str, Policy] = {}
+    in_env: tuple[Policy, str, dict[str, Any]] | None = None
+    for ref in trained_refs:
+        policy, trained_env, config = _load_trained(ref, client, workdir / f"trained{len(trained)}")
+        decision = TRAINED_DECISIONS.get(trained_env)
+        if decision is None:
+            if len(parts) > 1:
+                raise ConfigError(
+                    f"policy {definition.label!r}: {ref} was trained on {trained_env or 'an unknown env'}; only "
+                    "scaling (Autoscaling-v0) and routing (Routing-v0) policies combine with heuristics"
+                )
+            in_env = (policy, trained_env, config)
+        elif decision in trained:
+            raise ConfigError(f"policy {definition.label!r} names two trained {decision} policies")
+        else:
+            trained[decision] = policy
+    params = definition.params or {}
+    if in_env is not None:
+        from servegym.experiments.train import evaluate_in_env
+
+        policy, trained_env, config = in_env
+        kwargs = {"scenario": scenario, **dict((config.get("env") or {}).get("kwargs") or {})}
+        kwargs.pop("duration_s", None)
+        kpis = evaluate_in_env(policy, trained_env, kwargs, seeds)
+        return kpis, list(Platform(scenario, seed=int(seeds[0])).level_names), None
+    kpis_out: list[dict[str, float]] = []
+    quantiles: list[list[float]] = []
+    series: dict[str, Any] = {}
+    levels: list[str] = []
+    for i, seed in enumerate(seeds):
+        platform = simulate(heuristics, env_id, scenario, int(seed), params, trained)
+        kpis_out.append(platform.kpis()["all"])
+        t = telemetry_of(platform)
+        quantiles.append(t["latency_quantiles"])
+        if i == 0:
+            series = t["intervals"]
+            levels = list(platform.level_names)
+    telemetry = {
+        "latency_quantiles": [q for q in quantiles if q],
+        "quantile_probs": QUANTILE_PROBS.tolist(),
+        "intervals": series,
+        "series_seed": int(seeds[0]),
+        "level_names": levels,
+    }
+    return kpis_out, levels, telemetry
+
+
+# -- finding the parent run ------------------------------------------------------------------
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except Exception:  # another process created it meanwhile
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+def _find_parent(client: MlflowClient, experiment_id: str, sweep_dir: str) -> Run | None:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_dir}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def _metric_key(text: str) -> str:
+    """MLflow allows letters, digits, ``_ - . /`` and spaces in keys; anything else becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
+
+
+# -- one job -----------------------------------------------------------------------------------
+def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir: str | None) -> float:
+    """Run one policy on one scenario over all seeds as a nested MLflow run; returns the mean objective.
+
+    ``sweep_dir`` identifies the comparison's parent run (None: a top-level run). A job that
+    fails records its error in its run (status FAILED) and returns ``nan``, so the other
+    jobs and the aggregation still run.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    c: dict[str, Any] = {str(k): v for k, v in raw.items()}  # type: ignore[union-attr]
+    tracking = dict(c.get("tracking") or {})
+    uri = tracking_uri(tracking.get("uri"), base_dir)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, str(tracking.get("experiment", "servegym-compare")))
+    parent = _find_parent(client, experiment_id, sweep_dir) if sweep_dir else None
+    label = str(c.get("label") or c["policy"])
+    scenario_name = str((c.get("scenario") or {}).get("name", "?"))
+    tags = {
+        "servegym.kind": "compare_job",
+        "servegym.policy": label,
+        "servegym.scenario": scenario_name,
+        "servegym.env": str(c.get("env")),
+    }
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent.info.run_id
+        tags["servegym.comparison"] = parent.info.run_id
+    if HydraConfig.initialized():
+        tags["servegym.job_num"] = str(HydraConfig.get().job.num)
+    run = client.create_run(experiment_id, run_name=f"{label}__{scenario_name}", tags=tags)
+    run_id = run.info.run_id
+    try:
+        definition = resolve_policy(str(c["policy"]), c.get("policy_defs") or {}, c.get("params") or {})
+        data = dict(c["scenario"])
+        trace = (data.get("workload") or {}).get("trace_path")
+        if trace and not Path(str(trace)).is_absolute():
+            data["workload"] = {**data["workload"], "trace_path": str((Path(base_dir) / str(trace)).resolve())}
+        try:
+            scenario = scenario_from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"scenario.{exc}") from exc
+        scenario = apply_overrides(scenario, list(definition.scenario_overrides))
+        seeds = seeds_of(c.get("seeds"))
+        env_id = str(c.get("env", "Platform-v0"))
+        client.log_batch(
+            run_id,
+            params=[
+                _param(k, v)
+                for k, v in flatten(
+                    {
+                        "policy": label,
+                        "spec": definition.spec,
+                        "scenario": scenario_name,
+                        "scenario_overrides": list(definition.scenario_overrides),
+                        "seeds": seeds,
+                        "env": env_id,
+                        "params": dict(definition.params or {}),
+                    }
+                ).items()
+            ],
+        )
+        with tempfile.TemporaryDirectory(prefix="servegym-compare-") as tmp:
+            kpis, levels, telemetry = _run_seeds(definition, env_id, scenario, seeds, client, Path(tmp))
+        named = [_named_kpis(k, levels, c.get("objective") or {}) for k in kpis]
+        logged = [*TABLE_KPIS, *(f"hit_rate_{t}" for t in levels), "latency_p50_s", "latency_p99_s", "drop_rate"]
+        with BatchLogger(run_id, client) as batch:
+            for seed, values in zip(seeds, named, strict=True):
+                batch.log({f"kpi/{k}": values[k] for k in logged if k in values}, step=seed)
+            for k in logged:
+                est = estimate([v[k] for v in named if k in v])
+                batch.log({f"mean/{k}": est.mean}, step=0)
+                if math.isfinite(est.half_width):
+                    batch.log({f"ci95/{k}": est.half_width}, step=0)
+        result = {
+            "label": label,
+            "spec": definition.spec,
+            "scenario": scenario_name,
+            "seeds": seeds,
+            "level_names": levels,
+            "kpis": named,
+            "telemetry": telemetry,
+        }
+        client.log_text(run_id, json.dumps(_json_safe(result)), RESULTS)
+        client.set_terminated(run_id, "FINISHED")
+        return estimate([v["objective_usd"] for v in named]).mean
+    except Exception as exc:
+        client.set_tag(run_id, "servegym.error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.log_text(run_id, traceback.format_exc(), "error.txt")
+        client.set_terminated(run_id, "FAILED")
+        print(f"servegym compare: job {label} on {scenario_name} failed: {exc}", file=sys.stderr)
+        return math.nan
+
+
+def _param(key: str, value: str) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, value)
+
+
+# -- the comparison ----------------------------------------------------------------------------
+def _validate(config: Mapping[str, Any]) -> None:
+    """Fail before any job starts: unknown scenarios or policies, a baseline that is not compared."""
+    policies = list(config.get("policies") or [])
+    scenarios = list(config.get("scenarios") or [])
+    if not policies:
+        raise ConfigError("policies is empty: list the policies to compare, e.g. policies=[hpa+round_robin,hpa+jsq]")
+    if not scenarios:
+        raise ConfigError("scenarios is empty: list shipped scenarios, e.g. scenarios=[steady,bursty]")
+    for name in scenarios:
+        if not (SCENARIO_DIR / f"{name}.yaml").exists():
+            available = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
+            raise ConfigError(f"scenarios: no shipped scenario named {name!r}; available: {available}")
+    if len(set(map(str, policies))) != len(policies):
+        raise ConfigError(f"policies = {policies} lists a policy twice")
+    for label in policies:
+        resolve_policy(str(label), config.get("policy_defs") or {}, config.get("params") or {})
+    seeds_of(config.get("seeds"))
+    baseline = config.get("baseline")
+    if baseline is not None and config.get("label") is None and baseline not in map(str, policies):
+        raise ConfigError(f"baseline = {baseline!r} is not among policies {policies}")
+
+
+def _comparison_config(config: DictConfig) -> dict[str, Any]:
+    """The comparison's own settings (no Hydra node, no per-job keys), resolved."""
+    keys = [k for k in config if k not in ("hydra", "policy", "label", "scenario")]
+    out = {}
+    for k in keys:
+        node = config[k]
+        out[str(k)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    return out
+
+
+def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+
+    def order(run: Run) -> tuple[int, int]:
+        num = run.data.tags.get("servegym.job_num", "")
+        return (int(num) if num.isdigit() else 1 << 30, run.info.start_time or 0)
+
+    return sorted(runs, key=order)
+
+
+def aggregate(
+    client: MlflowClient, parent_id: str, config: Mapping[str, Any], out_dir: Path
+) -> tuple[list[ScenarioSummary], list[str], list[Path]]:
+    """Read the parent's nested runs, summarise each scenario, write tables, figures and the report.
+
+    Returns the summaries, the failed jobs (as text) and the files written into ``out_dir``.
+    """
+    from servegym.experiments import plots
+    from servegym.experiments.report import write_report
+
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    failures: list[str] = []
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="servegym-aggregate-") as tmp:
+        for run in _children(client, experiment_id, parent_id):
+            tags = run.data.tags
+            name = f"{tags.get('servegym.policy')} on {tags.get('servegym.scenario')}"
+            if run.info.status != "FINISHED":
+                failures.append(f"{name}: {run.info.status} — {tags.get('servegym.error', 'no error recorded')}")
+                continue
+            local = Path(client.download_artifacts(run.info.run_id, RESULTS, str(Path(tmp) / run.info.run_id)))
+            data = _from_json(json.loads(local.read_text()))
+            results.setdefault(data["scenario"], {})[data["label"]] = data
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    summaries: list[ScenarioSummary] = []
+    baseline = config.get("baseline")
+    gap_kpis = list(config.get("gap_kpis") or [])
+    texts: list[str] = []
+    rows = ["scenario,policy,kpi,mean,ci95,n,diff_mean,diff_ci95,gap_closed,pareto"]
+    for scenario, by_policy in results.items():
+        levels = list(dict.fromkeys(t for d in by_policy.values() for t in d["level_names"]))
+        kpis = [*TABLE_KPIS, *(f"hit_rate_{t}" for t in levels)]
+        policy_results = [
+            PolicyResult(label, tuple(d["seeds"]), tuple({k: v.get(k, math.nan) for k in kpis} for v in d["kpis"]))
+            for label, d in by_policy.items()
+        ]
+        base = baseline if baseline in by_policy else None
+        summary = summarise(scenario, policy_results, kpis, base, gap_kpis)
+        summaries.append(summary)
+        labels = LABELS | {f"hit_rate_{t}": f"hit {t}" for t in levels}
+        texts.append(format_summary(summary, labels))
+        for p in summary.policies:
+            for k in kpis:
+                e = summary.estimates[p][k]
+                d = summary.differences.get(p, {}).get(k)
+                gap = summary.gaps[p].get(k, math.nan)
+                rows.append(
+                    f"{scenario},{p},{k},{e.mean!r},{e.half_width!r},{e.n},"
+                    f"{d.mean if d else math.nan!r},{d.half_width if d else math.nan!r},{gap!r},{p in summary.pareto}"
+                )
+    table = "\n\n".join(texts)
+    if failures:
+        table += "\n\nfailed jobs:\n" + "\n".join(f"  {f}" for f in failures)
+    written.append(_write(out_dir / "leaderboard.txt", table + "\n"))
+    written.append(_write(out_dir / "leaderboard.csv", "\n".join(rows) + "\n"))
+    figures: list[tuple[str, Path]] = []
+    scenario_figures: dict[str, list[tuple[str, Path]]] = {}
+    if summaries and config.get("plots", True):
+        figures.append(("cost vs p95 latency", plots.cost_vs_latency(summaries, out_dir / "cost_vs_p95.png")))
+        telemetry = {
+            s: {p: d["telemetry"] for p, d in by_policy.items() if d.get("telemetry")}
+            for s, by_policy in results.items()
+        }
+        with_series = {s: t for s, t in telemetry.items() if t}
+        if with_series:
+            figures.append(("latency CDFs", plots.latency_cdfs(with_series, out_dir / "latency_cdf.png")))
+        for s, t in with_series.items():
+            scenario_figures[s] = [
+                ("replicas and load over time", plots.replicas_and_load(s, t, out_dir / f"replicas_load_{s}.png")),
+                ("hit rate per tier over time", plots.hit_rates_over_time(s, t, out_dir / f"hit_rates_{s}.png")),
+            ]
+        written += [f for _, f in figures] + [f for figs in scenario_figures.values() for _, f in figs]
+    meta = {
+        "parent MLflow run": parent_id,
+        "environment": str(config.get("env")),
+        "policies": ", ".join(map(str, config.get("policies") or [])),
+        "scenarios": ", ".join(results),
+        "seeds": str(seeds_of(config.get("seeds"))),
+        "baseline": str(summaries[0].baseline if summaries else baseline),
+        "objective": "cost + ${slo_miss_usd} per SLO miss + ${bad_answer_usd} per bad answer".format(
+            **(config.get("objective") or {"slo_miss_usd": "?", "bad_answer_usd": "?"})
+        ),
+    }
+    title = f"servegym comparison {config.get('name') or parent_id}"
+    higher = set(HIGHER_IS_BETTER) | {k for s in summaries for k in s.kpis if k.startswith("hit_rate")}
+    written.append(
+        write_report(
+            out_dir / "report.html", title, meta, summaries, figures, scenario_figures, LABELS, higher, failures
+        )
+    )
+    json_summary = {
+        s.scenario: {
+            p: {k: {"mean": s.estimates[p][k].mean, "ci95": s.estimates[p][k].half_width} for k in s.kpis}
+            for p in s.policies
+        }
+        for s in summaries
+    }
+    written.append(_write(out_dir / "summary.json", json.dumps(_json_safe(json_summary), indent=2)))
+    metrics = {
+        _metric_key(f"{s.scenario}/{p}/{k}"): s.estimates[p][k].mean
+        for s in summaries
+        for p in s.policies
+        for k in TABLE_KPIS
+        if math.isfinite(s.estimates[p][k].mean)
+    }
+    with BatchLogger(parent_id, client) as batch:
+        batch.log(metrics, step=0)
+    client.log_artifacts(parent_id, str(out_dir), "comparison")
+    return summaries, failures, written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class ComparisonCallback(Callback):
+    """Creates the comparison's parent MLflow run before the jobs and aggregates into it after them."""
+
+    def _setup(self, config: DictConfig) -> tuple[MlflowClient, str, str, Path]:
+        base = str(config.hydra.runtime.cwd)
+        tracking = config.get("tracking") or {}
+        client = MlflowClient(tracking_uri=tracking_uri(tracking.get("uri"), base))
+        experiment_id = _experiment_id(client, str(tracking.get("experiment", "servegym-compare")))
+        sweep_dir = str((Path(base) / str(config.hydra.sweep.dir)).resolve())
+        return client, experiment_id, sweep_dir, Path(sweep_dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Validate the comparison and create its parent run."""
+        comparison = _comparison_config(config)
+        try:
+            _validate(comparison)
+        except ConfigError as exc:
+            # Hydra turns exceptions in callbacks into warnings and carries on; stop before any job starts.
+            print(f"servegym compare: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from exc
+        client, experiment_id, sweep_dir, _ = self._setup(config)
+        name = str(comparison.get("name") or "compare")
+        run = client.create_run(
+            experiment_id,
+            run_name=name,
+            tags={
+                **provenance_tags(comparison),
+                SWEEP_TAG: sweep_dir,
+                "servegym.kind": "comparison",
+                "servegym.env": str(comparison.get("env")),
+            },
+        )
+        params = flatten(comparison)
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[start : start + 100])
+        client.log_text(run.info.run_id, yaml.safe_dump(comparison, sort_keys=False), "config/config.yaml")
+        log.info("comparison parent run %s (%s)", run.info.run_id, sweep_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Aggregate the nested runs into tables, figures and the report; end the parent run."""
+        client, experiment_id, sweep_dir, out = self._setup(config)
+        parent = _find_parent(client, experiment_id, sweep_dir)
+        if parent is None:
+            raise RuntimeError(f"no comparison run tagged {SWEEP_TAG}={sweep_dir}: was on_multirun_start skipped?")
+        comparison = _comparison_config(config)
+        try:
+            _, failures, _ = aggregate(client, parent.info.run_id, comparison, out / "comparison")
+        except Exception as exc:
+            client.set_terminated(parent.info.run_id, "FAILED")
+            traceback.print_exc()
+            raise SystemExit(1) from exc
+        print((out / "comparison" / "leaderboard.txt").read_text())
+        print(f"report: {out / 'comparison' / 'report.html'}  (MLflow run {parent.info.run_id})")
+        client.set_terminated(parent.info.run_id, "FAILED" if failures else "FINISHED")
+        if failures:
+            # An exception would become a warning (Hydra's callbacks); the exit status must say it failed.
+            print(f"servegym compare: {len(failures)} job(s) failed: " + "; ".join(failures), file=sys.stderr)
+            raise SystemExit(1)
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="compare")
+def app(cfg: DictConfig) -> float:
+    """Hydra entry point of ``servegym compare``: one job (a policy on a scenario over all seeds)."""
+    hydra_cfg = HydraConfig.get()
+    sweep_dir = None
+    if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+        sweep_dir = str((Path(hydra_cfg.runtime.cwd) / hydra_cfg.sweep.dir).resolve())
+    return run_job(cfg, hydra_cfg.runtime.cwd, sweep_dir)

@@ -1,0 +1,196 @@
+"""The statistics of a comparison: per-scenario estimates, paired differences, oracle gaps, Pareto sets.
+
+Every policy of a comparison runs on the same seeds of each scenario, so seed ``s`` gives
+every policy the same requests (common random numbers). A scenario's summary holds:
+
+- each KPI's mean over seeds with its 95% Student-t interval (:func:`~servegym.experiments.stats.estimate`);
+- each policy's paired difference against the baseline, seed by seed
+  (:func:`~servegym.experiments.stats.paired_difference`) — far tighter than the
+  difference of two independent intervals;
+- the share of the baseline-to-oracle gap a policy closes, ``(policy - baseline) /
+  (oracle - baseline)`` on the means, where the oracle is the best of the evaluated
+  oracles on that KPI (undefined, ``nan``, when no oracle beats the baseline);
+- the Pareto set on mean cost versus mean p95 latency: the policies no other policy
+  matches or beats on both with a strict improvement on one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from servegym.experiments.evaluate import PolicyResult
+from servegym.experiments.stats import Estimate, paired_difference
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "ScenarioSummary",
+    "format_summary",
+    "gap_closed",
+    "is_oracle",
+    "pareto_set",
+    "share_text",
+    "summarise",
+]
+
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"slo_attainment", "quality", "hit_rate", "throughput_rps", "completed"})
+"""KPIs where more is better; every other KPI (latency, cost, drops, objective) is better lower."""
+
+ORACLE_NAMES = ("oracle_router", "clairvoyant")
+
+
+def higher_is_better(kpi: str) -> bool:
+    """Whether a larger value of ``kpi`` is better (hit rates per tier included)."""
+    return kpi in HIGHER_IS_BETTER or kpi.startswith("hit_rate")
+
+
+def is_oracle(spec: str) -> bool:
+    """Whether a policy spec names an oracle (privileged knowledge: an upper bound, not a candidate)."""
+    return any(part in ORACLE_NAMES for part in spec.split("+"))
+
+
+def _mean(result: PolicyResult, kpi: str) -> float:
+    values = [v for v in result.values(kpi) if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def gap_closed(policy: PolicyResult, baseline: PolicyResult, oracle: PolicyResult, kpi: str) -> float:
+    """Share of the baseline-to-oracle gap on ``kpi`` that ``policy`` closes (1 = as good as the oracle).
+
+    ``nan`` when the oracle is not better than the baseline on ``kpi``: there is no gap to close.
+    """
+    base = _mean(baseline, kpi)
+    gap = _mean(oracle, kpi) - base
+    sign = 1.0 if higher_is_better(kpi) else -1.0
+    if not math.isfinite(gap) or sign * gap <= 1e-12 * max(abs(base), 1.0):
+        return math.nan
+    return (_mean(policy, kpi) - base) / gap
+
+
+def pareto_set(results: Sequence[PolicyResult], x: str = "cost_usd", y: str = "latency_p95_s") -> list[str]:
+    """Policies on the Pareto front of mean ``x`` versus mean ``y`` (both lower is better), in input order."""
+    points = [(r.policy, _mean(r, x), _mean(r, y)) for r in results]
+    points = [p for p in points if math.isfinite(p[1]) and math.isfinite(p[2])]
+    front = []
+    for name, px, py in points:
+        dominated = any((qx <= px and qy <= py) and (qx < px or qy < py) for other, qx, qy in points if other != name)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+@dataclass
+class ScenarioSummary:
+    """Everything the leaderboard reports for one scenario."""
+
+    scenario: str
+    seeds: tuple[int, ...]
+    kpis: tuple[str, ...]
+    baseline: str
+    estimates: dict[str, dict[str, Estimate]]
+    differences: dict[str, dict[str, Estimate]]
+    gap_kpis: tuple[str, ...]
+    gap_reference: dict[str, str]
+    gaps: dict[str, dict[str, float]]
+    pareto: list[str]
+    policies: list[str] = field(default_factory=list)
+
+
+def summarise(
+    scenario: str,
+    results: Sequence[PolicyResult],
+    kpis: Sequence[str],
+    baseline: str | None = None,
+    gap_kpis: Sequence[str] = (),
+) -> ScenarioSummary:
+    """Summarise one scenario's results (see the module docstring); ``baseline`` defaults to the first policy."""
+    if not results:
+        raise ValueError(f"scenario {scenario!r} has no results to summarise")
+    seeds = results[0].seeds
+    for r in results:
+        if r.seeds != seeds:
+            raise ValueError(
+                f"scenario {scenario!r}: policy {r.policy!r} ran seeds {list(r.seeds)}, but {results[0].policy!r} "
+                f"ran {list(seeds)}; paired comparisons need the same seeds for every policy"
+            )
+    by_name = {r.policy: r for r in results}
+    base_name = baseline if baseline is not None else results[0].policy
+    if base_name not in by_name:
+        raise ValueError(f"baseline {base_name!r} is not among the policies of scenario {scenario!r}: {list(by_name)}")
+    base = by_name[base_name]
+    estimates = {r.policy: {k: r.estimate(k) for k in kpis} for r in results}
+    differences = {
+        r.policy: {k: paired_difference(r.values(k), base.values(k)) for k in kpis} for r in results if r is not base
+    }
+    oracles = [r for r in results if is_oracle(r.policy)]
+    gap_reference: dict[str, str] = {}
+    gaps: dict[str, dict[str, float]] = {r.policy: {} for r in results}
+    for kpi in gap_kpis:
+        if not oracles:
+            continue
+        sign = 1.0 if higher_is_better(kpi) else -1.0
+        best = max(oracles, key=lambda o: sign * _mean(o, kpi) if math.isfinite(_mean(o, kpi)) else -math.inf)
+        gap_reference[kpi] = best.policy
+        for r in results:
+            gaps[r.policy][kpi] = gap_closed(r, base, best, kpi)
+    return ScenarioSummary(
+        scenario=scenario,
+        seeds=tuple(seeds),
+        kpis=tuple(kpis),
+        baseline=base_name,
+        estimates=estimates,
+        differences=differences,
+        gap_kpis=tuple(k for k in gap_kpis if k in gap_reference),
+        gap_reference=gap_reference,
+        gaps=gaps,
+        pareto=pareto_set(results) if {"cost_usd", "latency_p95_s"} <= set(kpis) else [],
+        policies=[r.policy for r in results],
+    )
+
+
+def _align(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    out = [
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return out
+
+
+def share_text(value: float) -> str:
+    """A share as a whole percentage, ``-`` when undefined."""
+    return "-" if math.isnan(value) else f"{value + 0.0:.0%}".replace("-0%", "0%")
+
+
+def format_summary(summary: ScenarioSummary, labels: Mapping[str, str] | None = None) -> str:
+    """The scenario's tables as plain text: estimates, paired differences, gap closed, Pareto set."""
+    labels = labels or {}
+    names = [labels.get(k, k) for k in summary.kpis]
+    lines = [
+        f"scenario {summary.scenario}: mean ± 95% CI half-width over {len(summary.seeds)} seeds "
+        f"{list(summary.seeds)}; * = Pareto set on cost vs p95 latency",
+    ]
+    rows = [["policy", *names]]
+    for p in summary.policies:
+        mark = " *" if p in summary.pareto else ""
+        rows.append([p + mark, *(str(summary.estimates[p][k]) for k in summary.kpis)])
+    lines += _align(rows)
+    if summary.differences:
+        lines += ["", f"paired differences against {summary.baseline} (same seeds, same requests):"]
+        rows = [["policy - baseline", *names]]
+        for p in summary.policies:
+            if p in summary.differences:
+                rows.append([p, *(str(summary.differences[p][k]) for k in summary.kpis)])
+        lines += _align(rows)
+    if summary.gap_kpis:
+        refs = ", ".join(f"{labels.get(k, k)}: {summary.gap_reference[k]}" for k in summary.gap_kpis)
+        lines += ["", f"share of the baseline-to-oracle gap closed (oracle per KPI — {refs}):"]
+        rows = [["policy", *(labels.get(k, k) for k in summary.gap_kpis)]]
+        for p in summary.policies:
+            rows.append([p, *(share_text(summary.gaps[p][k]) for k in summary.gap_kpis)])
+        lines += _align(rows)
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""One self-contained HTML page for a comparison: tables per scenario and every figure inlined.
+
+Images are embedded as base64 ``data:`` URIs, so the file can be mailed, attached to an
+MLflow run or opened offline without the PNGs next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from servegym.experiments.leaderboard import ScenarioSummary, share_text
+from servegym.experiments.stats import Estimate
+
+__all__ = ["write_report"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.pareto td:first-child { font-weight: bold; }
+td.better { color: #0a6b2b; } td.worse { color: #a3120e; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+.meta { color: #555; font-size: 0.9em; } .failed { color: #a3120e; }
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _cell(e: Estimate) -> str:
+    return html.escape(str(e)) if not math.isnan(e.mean) else "-"
+
+
+def _diff_class(e: Estimate, higher_better: bool) -> str:
+    """'better'/'worse' when the 95% interval of the difference excludes zero."""
+    if math.isnan(e.half_width) or abs(e.mean) <= e.half_width:
+        return ""
+    return "better" if (e.mean > 0) == higher_better else "worse"
+
+
+def _scenario_section(s: ScenarioSummary, labels: Mapping[str, str], higher: set[str]) -> list[str]:
+    out = [f"<h2>scenario {html.escape(s.scenario)}</h2>"]
+    out.append(
+        f'<p class="meta">{len(s.seeds)} seeds {list(s.seeds)}; mean ± 95% CI half-width; '
+        "bold: Pareto set on cost vs p95 latency.</p>"
+    )
+    head = "".join(f"<th>{html.escape(labels.get(k, k))}</th>" for k in s.kpis)
+    out.append(f"<table><tr><th>policy</th>{head}</tr>")
+    for p in s.policies:
+        cls = ' class="pareto"' if p in s.pareto else ""
+        cells = "".join(f"<td>{_cell(s.estimates[p][k])}</td>" for k in s.kpis)
+        out.append(f"<tr{cls}><td>{html.escape(p)}</td>{cells}</tr>")
+    out.append("</table>")
+    if s.differences:
+        out.append(
+            f"<h3>paired differences against {html.escape(s.baseline)}</h3>"
+            '<p class="meta">Same seeds, same requests. Green/red: the 95% interval excludes zero '
+            "and the policy is better/worse than the baseline.</p>"
+        )
+        out.append(f"<table><tr><th>policy &minus; baseline</th>{head}</tr>")
+        for p in s.policies:
+            if p not in s.differences:
+                continue
+            cells = ""
+            for k in s.kpis:
+                e = s.differences[p][k]
+                cls = _diff_class(e, k in higher)
+                cells += f'<td class="{cls}">{_cell(e)}</td>'
+            out.append(f"<tr><td>{html.escape(p)}</td>{cells}</tr>")
+        out.append("</table>")
+    if s.gap_kpis:
+        refs = "; ".join(f"{labels.get(k, k)}: {html.escape(s.gap_reference[k])}" for k in s.gap_kpis)
+        out.append(
+            f"<h3>share of the baseline-to-oracle gap closed</h3><p class='meta'>oracle per KPI — {refs}. "
+            "1 = as good as the oracle, 0 = no better than the baseline, - = the oracle does not beat the baseline.</p>"
+        )
+        head_gap = "".join(f"<th>{html.escape(labels.get(k, k))}</th>" for k in s.gap_kpis)
+        out.append(f"<table><tr><th>policy</th>{head_gap}</tr>")
+        for p in s.policies:
+            cells = "".join(f"<td>{share_text(s.gaps[p][k])}</td>" for k in s.gap_kpis)
+            out.append(f"<tr><td>{html.escape(p)}</td>{cells}</tr>")
+        out.append("</table>")
+    return out
+
+
+def write_report(
+    path: Path,
+    title: str,
+    meta: Mapping[str, str],
+    summaries: Sequence[ScenarioSummary],
+    figures: Sequence[tuple[str, Path]],
+    scenario_figures: Mapping[str, Sequence[tuple[str, Path]]],
+    labels: Mapping[str, str],
+    higher_is_better: set[str],
+    failures: Sequence[str] = (),
+) -> Path:
+    """Write the comparison as one HTML file with its figures inlined; returns ``path``."""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in meta.items()),
+        "</table>",
+    ]
+    if failures:
+        parts.append("<h2 class='failed'>failed jobs</h2><ul>")
+        parts += [f"<li class='failed'>{html.escape(f)}</li>" for f in failures]
+        parts.append("</ul>")
+    for caption, fig in figures:
+        parts += [f"<h2>{html.escape(caption)}</h2>", _img(fig, caption)]
+    for s in summaries:
+        parts += _scenario_section(s, labels, higher_is_better)
+        for caption, fig in scenario_figures.get(s.scenario, ()):
+            parts += [f"<h3>{html.escape(caption)}</h3>", _img(fig, caption)]
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

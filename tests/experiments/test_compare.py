@@ -1,0 +1,179 @@
+"""servegym compare end to end (joblib launcher, 2 workers), and the launcher and preset configs compose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from servegym.cli import main
+from servegym.experiments.compare import resolve_policy
+from servegym.sim.config import ConfigError, load_scenario, scenario_from_dict
+from servegym.sim.platform import Platform
+
+POLICIES = ["static+round_robin", "hpa+cascade", "oracle_router"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_hydra() -> None:
+    GlobalHydra.instance().clear()
+
+
+def test_comparison_runs_through_joblib_with_two_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    main(
+        [
+            "compare",
+            f"policies=[{','.join(POLICIES)}]",
+            "scenarios=[steady,bursty]",
+            "seeds=2",
+            "baseline=static+round_robin",
+            "scenario.duration_s=90",
+            "scenario.workload.rate_rps=6",
+            "hydra.launcher.n_jobs=2",
+            f"tracking.uri={uri}",
+            "hydra.sweep.dir=sweep",
+            "name=test_comparison",
+        ]
+    )
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["servegym-compare"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("servegym.kind") == "comparison"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "test_comparison"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    assert {(c.data.tags["servegym.policy"], c.data.tags["servegym.scenario"]) for c in children} == {
+        (p, s) for p in POLICIES for s in ("steady", "bursty")
+    }
+    # Per-seed KPIs in the nested runs: two steps (seeds 0 and 1) of kpi/latency_p95_s.
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(children[0].info.run_id, "kpi/latency_p95_s")
+    assert sorted(m.step for m in history) == [0, 1]
+    # The parent carries the aggregate metrics and the comparison artifacts.
+    assert any(k.startswith("steady/hpa_cascade/") for k in parent.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    for name in ("leaderboard.txt", "leaderboard.csv", "report.html", "cost_vs_p95.png", "latency_cdf.png"):
+        assert f"comparison/{name}" in artifacts
+    for s in ("steady", "bursty"):
+        assert f"comparison/replicas_load_{s}.png" in artifacts and f"comparison/hit_rates_{s}.png" in artifacts
+    out = tmp_path / "sweep" / "comparison"
+    table = (out / "leaderboard.txt").read_text()
+    assert "scenario steady" in table and "paired differences against static+round_robin" in table
+    assert "baseline-to-oracle gap" in table
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and '<img src="' not in html
+    # The table's means are the means of the nested runs' per-seed values.
+    summary = json.loads((out / "summary.json").read_text())
+    child = next(
+        c
+        for c in children
+        if c.data.tags["servegym.policy"] == "hpa+cascade" and c.data.tags["servegym.scenario"] == "bursty"
+    )
+    seeds = [m.value for m in client.get_metric_history(child.info.run_id, "kpi/cost_usd")]
+    assert summary["bursty"]["hpa+cascade"]["cost_usd"]["mean"] == pytest.approx(sum(seeds) / 2)
+
+
+def test_a_failing_job_is_reported_and_fails_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "compare",
+                "policies=[static+round_robin,run:no_such_run]",
+                "scenarios=[steady]",
+                "seeds=1",
+                "scenario.duration_s=30",
+                "hydra.launcher.n_jobs=1",
+                f"tracking.uri={uri}",
+                "hydra.sweep.dir=sweep",
+                "plots=false",
+            ]
+        )
+    assert exit_info.value.code == 1
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["servegym-compare"], output_format="list")
+    parent = next(r for r in runs if r.data.tags.get("servegym.kind") == "comparison")
+    failed = [r for r in runs if r.info.status == "FAILED" and r is not parent]
+    assert parent.info.status == "FAILED" and len(failed) == 1
+    assert "no_such_run" in failed[0].data.tags["servegym.error"]
+    assert "run:no_such_run on steady: FAILED" in (tmp_path / "sweep" / "comparison" / "leaderboard.txt").read_text()
+
+
+def test_bad_comparisons_fail_before_any_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"
+    for override, message in (
+        ("scenarios=[stedy]", "no shipped scenario named 'stedy'"),
+        ("baseline=jsq", "baseline = 'jsq' is not among policies"),
+        ("policies=[hpa+routr]", "'routr' is not a policy"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", override, uri, "hydra.sweep.dir=sweep"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "sweep" / "0").exists()
+
+
+def _compose(overrides: list[str], config_name: str = "compare") -> OmegaConf:
+    with initialize_config_module(config_module="servegym.conf", version_base=None):
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+
+
+def test_launcher_configs_compose() -> None:
+    joblib_cfg = _compose([])
+    assert joblib_cfg.hydra.launcher._target_.endswith("JoblibLauncher") and joblib_cfg.hydra.launcher.n_jobs == 2
+    slurm = _compose(["hydra/launcher=slurm", "hydra.launcher.partition=cpu"])
+    assert slurm.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert slurm.hydra.launcher.partition == "cpu" and slurm.hydra.launcher.cpus_per_task == 1
+    launcher = instantiate(slurm.hydra.launcher)
+    assert type(launcher).__name__ == "SlurmLauncher"
+    ray = _compose(["hydra/launcher=ray", "hydra.launcher.ray.init.address=auto"])
+    assert ray.hydra.launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    assert ray.hydra.launcher.ray.init.address == "auto" and ray.hydra.launcher.ray.remote.num_cpus == 1
+
+
+def test_presets_compose_and_name_valid_policies_and_scenarios() -> None:
+    for preset in ("leaderboard", "headline"):
+        cfg = _compose([f"+experiment={preset}"])
+        assert cfg.seeds == 5 and len(cfg.scenarios) == 5
+        for name in cfg.scenarios:
+            load_scenario(name)
+        defs = OmegaConf.to_container(cfg.policy_defs)
+        assert isinstance(defs, dict)
+        for label in cfg.policies:
+            resolve_policy(str(label), defs, {})
+        assert cfg.baseline in cfg.policies
+    tune = _compose(["+experiment=tune_heuristics"])
+    assert tune.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert set(tune.hydra.sweeper.params) >= {"params.hpa.target_utilisation", "params.fixed_threshold.threshold"}
+    ppo = _compose(["+experiment=tune_ppo"], config_name="train")
+    assert ppo.hydra.sweeper._target_.endswith("OptunaSweeper") and ppo.agent.algo == "ppo"
+    assert "agent.hyperparams.learning_rate" in ppo.hydra.sweeper.params
+
+
+def test_suite_scenarios_are_valid_and_the_trace_needs_a_path() -> None:
+    for name in ("steady", "diurnal", "bursty", "flash_crowd", "multi_tenant"):
+        s = load_scenario(name)
+        assert s.name == name and s.duration_s == 1800.0
+    cfg = _compose(["scenario=trace_replay"])
+    with pytest.raises(ConfigError, match="trace_path = None is invalid: is required"):
+        scenario_from_dict(OmegaConf.to_container(cfg.scenario))  # type: ignore[arg-type]
+    trace = Path(__file__).resolve().parents[3] / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"
+    if trace.exists():
+        cfg = _compose(["scenario=trace_replay", f"scenario.workload.trace_path={trace}", "scenario.duration_s=60"])
+        scenario = scenario_from_dict(OmegaConf.to_container(cfg.scenario))  # type: ignore[arg-type]
+        kpis = Platform(scenario, seed=0).run()["all"]
+        assert kpis["requests"] > 100

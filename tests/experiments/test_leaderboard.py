@@ -1,0 +1,101 @@
+"""Leaderboard statistics against hand computations: t intervals, paired differences, gaps, Pareto sets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from servegym.experiments.compare import objective_usd, resolve_policy, seeds_of, sweep_values
+from servegym.experiments.evaluate import PolicyResult
+from servegym.experiments.leaderboard import format_summary, gap_closed, pareto_set, summarise
+from servegym.sim.config import ConfigError
+
+
+def result(name: str, **kpis: list[float]) -> PolicyResult:
+    n = len(next(iter(kpis.values())))
+    return PolicyResult(name, tuple(range(n)), tuple({k: v[i] for k, v in kpis.items()} for i in range(n)))
+
+
+def test_estimates_and_paired_differences_match_a_hand_computation() -> None:
+    base = result("base", latency_p95_s=[10.0, 12.0, 14.0], cost_usd=[5.0, 6.0, 7.0])
+    fast = result("fast", latency_p95_s=[8.0, 11.0, 11.0], cost_usd=[6.0, 7.0, 8.5])
+    s = summarise("steady", [base, fast], ["latency_p95_s", "cost_usd"])
+    # base p95: mean 12, sd 2, t(0.975, 2) = 4.302653 -> half-width 4.302653 * 2 / sqrt(3).
+    e = s.estimates["base"]["latency_p95_s"]
+    assert e.mean == pytest.approx(12.0)
+    assert e.half_width == pytest.approx(4.302653 * 2.0 / math.sqrt(3), rel=1e-6)
+    # Paired differences fast - base: -2, -1, -3 -> mean -2, sd 1.
+    d = s.differences["fast"]["latency_p95_s"]
+    assert d.mean == pytest.approx(-2.0)
+    assert d.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    # The paired interval is tighter than the difference of the two independent ones.
+    assert d.half_width < s.estimates["fast"]["latency_p95_s"].half_width + e.half_width
+    assert "fast" not in s.differences["fast"] and "base" not in s.differences
+    text = format_summary(s)
+    assert "paired differences against base" in text and "-2 ± 2.5" in text
+
+
+def test_gap_closed_and_its_undefined_cases() -> None:
+    base = result("base", latency_p95_s=[10.0, 10.0], quality=[0.6, 0.6])
+    half = result("half", latency_p95_s=[8.0, 8.0], quality=[0.7, 0.7])
+    oracle = result("oracle_router", latency_p95_s=[6.0, 6.0], quality=[0.6, 0.6])
+    assert gap_closed(half, base, oracle, "latency_p95_s") == pytest.approx(0.5)
+    assert gap_closed(oracle, base, oracle, "latency_p95_s") == pytest.approx(1.0)
+    # The oracle is no better on quality: no gap, no share.
+    assert math.isnan(gap_closed(half, base, oracle, "quality"))
+    s = summarise("x", [base, half, oracle], ["latency_p95_s", "quality"], "base", ["latency_p95_s", "quality"])
+    assert s.gap_reference == {"latency_p95_s": "oracle_router", "quality": "oracle_router"}
+    assert s.gaps["half"]["latency_p95_s"] == pytest.approx(0.5)
+    # Higher-is-better KPIs: an oracle with better quality defines the gap the other way.
+    better = result("clairvoyant", latency_p95_s=[10.0, 10.0], quality=[0.8, 0.8])
+    assert gap_closed(half, base, better, "quality") == pytest.approx(0.5)
+
+
+def test_pareto_set_on_cost_and_p95() -> None:
+    rs = [
+        result("cheap_slow", cost_usd=[1.0], latency_p95_s=[10.0]),
+        result("dear_fast", cost_usd=[5.0], latency_p95_s=[2.0]),
+        result("dominated", cost_usd=[5.0], latency_p95_s=[10.0]),
+        result("middle", cost_usd=[3.0], latency_p95_s=[5.0]),
+        result("tie_on_cost_worse", cost_usd=[3.0], latency_p95_s=[6.0]),
+    ]
+    assert pareto_set(rs) == ["cheap_slow", "dear_fast", "middle"]
+
+
+def test_summaries_need_the_same_seeds_and_a_known_baseline() -> None:
+    a = PolicyResult("a", (0, 1), ({"cost_usd": 1.0}, {"cost_usd": 2.0}))
+    b = PolicyResult("b", (0, 2), ({"cost_usd": 1.0}, {"cost_usd": 2.0}))
+    with pytest.raises(ValueError, match="same seeds"):
+        summarise("s", [a, b], ["cost_usd"])
+    with pytest.raises(ValueError, match="baseline 'c'"):
+        summarise("s", [a], ["cost_usd"], baseline="c")
+
+
+def test_objective_prices_misses_and_bad_answers() -> None:
+    kpis = {
+        "requests": 110.0,
+        "in_flight": 10.0,
+        "completed": 90.0,
+        "slo_attainment": 0.8,
+        "quality": 0.5,
+        "cost_usd": 3.0,
+    }
+    # 100 finished, 20 missed; 90 completed, 45 bad: 3 + 0.01 * 20 + 0.005 * 45.
+    assert objective_usd(kpis, 0.01, 0.005) == pytest.approx(3.0 + 0.2 + 0.225)
+
+
+def test_config_helpers_reject_bad_values_by_name() -> None:
+    assert seeds_of(3) == [0, 1, 2]
+    assert seeds_of([4, 7]) == [4, 7]
+    for bad in (0, True, [1, 1], [], "x"):
+        with pytest.raises(ConfigError, match="seeds"):
+            seeds_of(bad)
+    assert sweep_values(["a", "hpa+cascade"]) == "'a','hpa+cascade'"
+    with pytest.raises(ConfigError, match="at least one"):
+        sweep_values([])
+    with pytest.raises(ConfigError, match="'hpx' is not a policy"):
+        resolve_policy("hpx+round_robin", {}, {})
+    d = resolve_policy("plain", {"plain": {"spec": "static+round_robin", "scenario": ["cache.tiers=[]"]}}, {})
+    assert d.spec == "static+round_robin" and d.scenario_overrides == ("cache.tiers=[]",)
+    assert resolve_policy("run:abc+cascade", {}, {}).spec == "run:abc+cascade"
