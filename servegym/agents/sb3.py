@@ -19,6 +19,7 @@ minimum).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from collections.abc import Callable, Mapping
@@ -155,7 +156,9 @@ def build_model(
     check_algorithm(algo, venv.action_space)
     check_hyperparams(algo, hyperparams)
     try:
-        return ALGORITHMS[algo](policy, venv, seed=seed, device=device, verbose=0, **dict(hyperparams))
+        # deep copy: SB3 writes into nested dicts such as policy_kwargs, which must not leak into the next model
+        kwargs = copy.deepcopy(dict(hyperparams))
+        return ALGORITHMS[algo](policy, venv, seed=seed, device=device, verbose=0, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(f"agent.hyperparams: {ALGORITHMS[algo].__name__} rejected them: {exc}") from exc
 
