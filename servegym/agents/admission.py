@@ -40,6 +40,7 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier  # type: ignore[import-untyped, unused-ignore]
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped, unused-ignore]
 
+from servegym.agents.io import layout_from_json, layout_to_json
 from servegym.envs.features import Layout
 from servegym.policies.base import Policy, checked_observation, require_features
 
@@ -87,11 +88,7 @@ class LearnedAdmission:
         config = {
             "threshold": self.threshold,
             "admit_level": self.admit_level,
-            "layout": {
-                "names": list(self.layout.names),
-                "low": self.layout.low.tolist(),
-                "high": self.layout.high.tolist(),
-            },
+            "layout": layout_to_json(self.layout),
         }
         (directory / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
         joblib.dump(self.estimator, directory / _MODEL_FILE)
@@ -101,8 +98,7 @@ class LearnedAdmission:
         """The policy :meth:`save` wrote into ``directory``."""
         directory = Path(directory)
         config = json.loads((directory / _CONFIG_FILE).read_text())
-        lay = config.pop("layout")
-        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        layout = layout_from_json(config.pop("layout"))
         return cls(layout, joblib.load(directory / _MODEL_FILE), **config)
 
 
@@ -150,11 +146,7 @@ class CachingEnvPolicy:
         directory.mkdir(parents=True, exist_ok=True)
         config = {
             "threshold_index": self.threshold_index,
-            "layout": {
-                "names": list(self.layout.names),
-                "low": self.layout.low.tolist(),
-                "high": self.layout.high.tolist(),
-            },
+            "layout": layout_to_json(self.layout),
         }
         (directory / "caching_env_policy.json").write_text(json.dumps(config, indent=2))
         save_policy(self.admission, directory / "admission")
@@ -166,8 +158,7 @@ class CachingEnvPolicy:
 
         directory = Path(directory)
         config = json.loads((directory / "caching_env_policy.json").read_text())
-        lay = config["layout"]
-        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        layout = layout_from_json(config["layout"])
         return cls(layout, load_policy(directory / "admission"), int(config["threshold_index"]))
 
 

@@ -42,6 +42,7 @@ from typing import Any, Literal, Self
 import gymnasium as gym
 import numpy as np
 
+from servegym.agents.io import layout_from_json, layout_to_json
 from servegym.envs.features import Layout
 from servegym.policies.base import checked_observation, require_features
 from servegym.sim.telemetry import COMPLETED, IN_FLIGHT
@@ -174,11 +175,7 @@ class LinearBanditRouter:
             "prior_precision": self.prior_precision,
             "explore": self.explore,
             "seed": self.seed,
-            "layout": {
-                "names": list(self.layout.names),
-                "low": self.layout.low.tolist(),
-                "high": self.layout.high.tolist(),
-            },
+            "layout": layout_to_json(self.layout),
         }
         (directory / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
         np.savez(directory / _STATE_FILE, A_inv=self.A_inv, c=self.c, theta=self.theta, updates=self.updates)
@@ -188,8 +185,7 @@ class LinearBanditRouter:
         """The router :meth:`save` wrote into ``directory``."""
         directory = Path(directory)
         config = json.loads((directory / _CONFIG_FILE).read_text())
-        lay = config.pop("layout")
-        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        layout = layout_from_json(config.pop("layout"))
         router = cls(layout, **config)
         with np.load(directory / _STATE_FILE) as state:
             router.A_inv, router.c = state["A_inv"], state["c"]

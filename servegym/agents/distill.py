@@ -42,6 +42,7 @@ from sklearn.tree import (  # type: ignore[import-untyped, unused-ignore]
     export_text,
 )
 
+from servegym.agents.io import layout_from_json, layout_to_json
 from servegym.envs.features import Layout
 from servegym.policies.base import Policy, checked_observation
 
@@ -92,11 +93,7 @@ class DistilledTreePolicy:
         directory.mkdir(parents=True, exist_ok=True)
         config = {
             "kind": self.kind,
-            "layout": {
-                "names": list(self.layout.names),
-                "low": self.layout.low.tolist(),
-                "high": self.layout.high.tolist(),
-            },
+            "layout": layout_to_json(self.layout),
         }
         (directory / _CONFIG_FILE).write_text(json.dumps(config, indent=2))
         joblib.dump(self.estimators, directory / _MODEL_FILE)
@@ -106,8 +103,7 @@ class DistilledTreePolicy:
         """The policy :meth:`save` wrote into ``directory``."""
         directory = Path(directory)
         config = json.loads((directory / _CONFIG_FILE).read_text())
-        lay = config["layout"]
-        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        layout = layout_from_json(config["layout"])
         return cls(layout, list(joblib.load(directory / _MODEL_FILE)), config["kind"])
 
 

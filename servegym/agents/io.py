@@ -14,10 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from servegym import __version__
+from servegym.envs.features import Layout
 from servegym.policies.base import Policy
 
-__all__ = ["POLICY_FILE", "load_policy", "save_policy"]
+__all__ = ["POLICY_FILE", "layout_from_json", "layout_to_json", "load_policy", "save_policy"]
 
 POLICY_FILE = "policy.json"
 
@@ -57,3 +60,13 @@ def load_policy(directory: str | Path) -> Policy:
         obj = getattr(obj, part)
     policy: Policy = obj.load(directory)
     return policy
+
+
+def layout_to_json(layout: Layout) -> dict[str, Any]:
+    """``layout`` as plain JSON (names and bounds), for a policy's saved configuration."""
+    return {"names": list(layout.names), "low": layout.low.tolist(), "high": layout.high.tolist()}
+
+
+def layout_from_json(data: dict[str, Any]) -> Layout:
+    """The :class:`Layout` :func:`layout_to_json` wrote."""
+    return Layout(tuple(data["names"]), np.array(data["low"], np.float32), np.array(data["high"], np.float32))

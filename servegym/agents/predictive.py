@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from servegym.agents.forecast import Forecast, WorkloadForecaster
+from servegym.agents.io import layout_from_json, layout_to_json
 from servegym.envs.features import Layout
 from servegym.policies.base import checked_observation, require_features
 from servegym.policies.scaling import HPA, scaling_kwargs
@@ -158,11 +159,7 @@ class PredictiveAutoscaler:
             "slot_s_per_request": self.learned_slot_s_per_request,
             "target_utilisation": self.target_utilisation,
             "service_smoothing": self.service_smoothing,
-            "layout": {
-                "names": list(self.layout.names),
-                "low": self.layout.low.tolist(),
-                "high": self.layout.high.tolist(),
-            },
+            "layout": layout_to_json(self.layout),
         }
         (directory / _CONFIG_FILE).write_text(json.dumps(state, indent=2))
         self.forecaster.save(directory / _FORECASTER_DIR)
@@ -172,8 +169,7 @@ class PredictiveAutoscaler:
         """The policy :meth:`save` wrote into ``directory``."""
         directory = Path(directory)
         state = json.loads((directory / _CONFIG_FILE).read_text())
-        lay = state.pop("layout")
-        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        layout = layout_from_json(state.pop("layout"))
         return cls(layout=layout, forecaster=WorkloadForecaster.load(directory / _FORECASTER_DIR), **state)
 
 

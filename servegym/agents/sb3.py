@@ -34,6 +34,7 @@ from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
+from servegym.agents.io import layout_from_json, layout_to_json
 from servegym.envs.features import Layout
 from servegym.sim.config import ConfigError
 
@@ -249,11 +250,7 @@ class SB3Policy:
             "clip_obs": self.clip_obs,
             "epsilon": self.epsilon,
             "discrete_n": self.discrete_n,
-            "layout": {
-                "names": list(self.layout.names),
-                "low": self.layout.low.tolist(),
-                "high": self.layout.high.tolist(),
-            },
+            "layout": layout_to_json(self.layout),
         }
         (directory / "sb3.json").write_text(json.dumps(meta, indent=2))
 
@@ -269,6 +266,5 @@ class SB3Policy:
         if (directory / "obs_rms.npz").exists():
             with np.load(directory / "obs_rms.npz", allow_pickle=False) as f:
                 obs_rms = (f["mean"], f["var"])
-        lay = meta["layout"]
-        layout = Layout(tuple(lay["names"]), np.array(lay["low"], np.float32), np.array(lay["high"], np.float32))
+        layout = layout_from_json(meta["layout"])
         return cls(model, algo, layout, obs_rms, meta["clip_obs"], meta["epsilon"], meta["discrete_n"], meta["env_id"])
