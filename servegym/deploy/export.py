@@ -639,9 +639,7 @@ def export_sb3(
     }
     export = _Export(policy=policy, action=action, weights=weights)
     if onnx:
-        export.onnx = _sb3_onnx(
-            linears, activations, head, normalisation, low, high, extra.get("nvec", []), discrete_n
-        )
+        export.onnx = _sb3_onnx(linears, activations, head, normalisation, low, high, extra.get("nvec", []), discrete_n)
         export.onnx_info = {
             "inputs": {"observation": "float32 [batch, n_features], raw (the graph normalises)"},
             "outputs": {
@@ -709,7 +707,7 @@ def _sklearn_native(estimator: Any) -> tuple[dict[str, Any], dict[str, np.ndarra
         trees = [t for stage in estimator.estimators_ for t in stage]  # stage-major, class-minor
     else:
         return None
-    if getattr(estimator, "n_outputs_", 1) != 1:
+    if getattr(estimator, "n_outputs_", 1) != 1 and (classifier or not isinstance(estimator, BaseDecisionTree)):
         return None
     features, thresholds, lefts, rights, values, roots = [], [], [], [], [], []
     offset = 0
@@ -721,7 +719,8 @@ def _sklearn_native(estimator: Any) -> tuple[dict[str, Any], dict[str, np.ndarra
         thresholds.append(t.threshold)
         lefts.append(np.where(t.children_left >= 0, t.children_left + offset, -1))
         rights.append(np.where(t.children_right >= 0, t.children_right + offset, -1))
-        value = t.value[:, 0, :].astype(np.float64)  # (nodes, classes) or (nodes, 1)
+        # (nodes, classes) for a classifier, (nodes, outputs) for a regressor
+        value = (t.value[:, 0, :] if classifier else t.value[:, :, 0]).astype(np.float64)
         if classifier and not boosting:
             value = value / value.sum(axis=1, keepdims=True)  # proportions, as predict_proba
         if boosting and n_per_stage > 1:  # one tree per class per stage: a one-hot column block
@@ -848,6 +847,417 @@ def export_sklearn(
 
 
 # ---------------------------------------------------------------------------------------
+# The learners of servegym.agents: predictive autoscaler, bandit router, learned
+# admission (alone or wrapped for Caching-v0) and distilled trees. Their scikit-learn
+# models are stored in the native linear / tree_ensemble forms, nested in the policy's
+# spec, their arrays in weights.npz under a prefix.
+
+
+def _native_part(estimator: Any, prefix: str, where: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An estimator's native runtime form, its weights renamed under ``prefix``."""
+    native = _sklearn_native(estimator)
+    if native is None:
+        raise ExportError(
+            f"{where}: {type(estimator).__name__} has no native form in the runtime (linear models, trees, "
+            "forests and gradient boosting have)"
+        )
+    spec, weights = native
+    return spec, {prefix + k: v for k, v in weights.items()}
+
+
+def _source(policy: Any) -> str:
+    return f"{type(policy).__module__}.{type(policy).__name__}"
+
+
+def _predictive_export(policy: Any) -> _Export:
+    from scipy.stats import norm
+
+    from servegym.agents import predictive
+
+    f = policy.forecaster
+    weights: dict[str, np.ndarray] = {}
+    models = []
+    for h, model in enumerate(f.models, start=1):
+        spec, part = _native_part(model, f"h{h}__", f"PredictiveAutoscaler forecaster model for {h} step(s) ahead")
+        models.append(spec)
+        weights |= part
+    params = _scaling_params(policy) | {
+        "horizon": policy.horizon,
+        "cold_start_s": policy.cold_start_s,
+        "slot_s_per_request": policy.learned_slot_s_per_request,
+        "target_utilisation": policy.target_utilisation,
+        "service_smoothing": policy.service_smoothing,
+        # Not public in servegym.agents.predictive: the utilisation above which an interval's
+        # work estimate is skipped, and the rate history's length (set in reset()).
+        "saturated_utilisation": predictive._SATURATED,
+        "day_s": predictive.DAY_S,
+        "history_len": policy._history.maxlen,
+    }
+    forecaster = {
+        "model": f.model,
+        "fitted": f.fitted,
+        "horizon": f.horizon,
+        "lags": f.lags,
+        "coverage": f.coverage,
+        "normal_quantile": float(norm.ppf(0.5 + f.coverage / 2.0)),
+        "interval_s": f.interval_s,
+        "period_s": f.period_s,
+        "use_calendar": f.use_calendar,
+        "smoothing": f.smoothing,
+        "trend_smoothing": f.trend_smoothing,
+        "quantiles": np.asarray(f.quantiles, dtype=np.float64).tolist(),
+        "models": models,
+    }
+    return _Export(
+        policy={
+            "kind": "predictive_autoscaler",
+            "source": _source(policy),
+            "stateful": True,
+            "params": params,
+            "forecaster": forecaster,
+        },
+        action={
+            "type": "discrete",
+            "n": policy.max_replicas + 1,
+            "meaning": ["target replica count"],
+            "valid_range": [policy.min_replicas, policy.max_replicas],
+        },
+        weights=weights,
+        onnx_info={
+            "reason": "the predictive autoscaler keeps a rate history, a clock and an online work estimate between "
+            "decisions and falls back to Holt smoothing over a variable-length history; servegym_runtime.py "
+            "is its executable form and replays it exactly"
+        },
+    )
+
+
+def _bandit_export(policy: Any) -> _Export:
+    if policy.seed is not None and not isinstance(policy.seed, int):
+        raise ExportError(f"LinearBanditRouter: seed {policy.seed!r} must be an int (or None) to be reproducible")
+    sampled = policy.explore and policy.algorithm == "thompson"
+    return _Export(
+        policy={
+            "kind": "linear_bandit",
+            "source": _source(policy),
+            "stateful": sampled,
+            "params": {
+                "backend_names": list(policy.backend_names),
+                "tenant_features": [n for n in policy.layout.names if n.startswith("tenant_")],
+                "algorithm": policy.algorithm,
+                "alpha": policy.alpha,
+                "prior_precision": policy.prior_precision,
+                "explore": bool(policy.explore),
+                "seed": policy.seed,
+                "updates": np.asarray(policy.updates).tolist(),
+            },
+        },
+        action={
+            "type": "discrete",
+            "n": policy.n_arms,
+            "meaning": ["index of the model backend that serves the request"],
+            "labels": list(policy.backend_names),
+        },
+        weights={
+            "theta": np.asarray(policy.theta, dtype=np.float64),
+            "A_inv": np.asarray(policy.A_inv, dtype=np.float64),
+        },
+        onnx_info={
+            "reason": (
+                "Thompson sampling draws from numpy's random generator between decisions; servegym_runtime.py "
+                "replays the stream exactly"
+                if sampled
+                else "a bandit router is a few dot products over a context built by name; servegym_runtime.py "
+                "is its executable form"
+            )
+        },
+    )
+
+
+def _admission_spec(policy: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from sklearn.ensemble import GradientBoostingClassifier  # type: ignore[import-untyped, unused-ignore]
+
+    estimator = policy.estimator
+    if not isinstance(estimator, GradientBoostingClassifier) or len(estimator.classes_) != 2:
+        raise ExportError(
+            f"LearnedAdmission: its estimator is a {type(estimator).__name__} with "
+            f"{len(getattr(estimator, 'classes_', []))} classes; the runtime replays a binary "
+            "GradientBoostingClassifier (what AdmissionLearner fits)"
+        )
+    classifier, weights = _native_part(estimator, "classifier__", "LearnedAdmission")
+    spec = {
+        "kind": "learned_admission",
+        "source": _source(policy),
+        "stateful": False,
+        "params": {"threshold": policy.threshold, "admit_level": policy.admit_level},
+        "classifier": classifier,
+    }
+    return spec, weights
+
+
+def _admission_action(layout: FeatureLayout) -> dict[str, Any]:
+    levels = [n.removeprefix("fill_") for n in layout.names if n.startswith("fill_")]
+    return {
+        "type": "discrete",
+        "n": len(levels) + 1,
+        "meaning": ["admission: 0 stores nothing, k stores the answer in cache level k-1 and every slower level"],
+        "labels": ["none", *levels],
+    }
+
+
+def _admission_onnx(
+    estimator: Any,
+    threshold: float,
+    admit_level: int,
+    n_features: int,
+    wrapper: tuple[int, list[int], int, int] | None = None,
+) -> bytes:
+    """The classifier's skl2onnx graph, extended to the admission decision.
+
+    Alone: ``observation`` [N, n_features] -> ``action`` [N] (``admit_level`` when
+    P(reuse) >= ``threshold``, else 0). With ``wrapper`` = (observation width, admission
+    columns, flag column, threshold index) the input is Caching-v0's observation and
+    ``action`` is [N, 2]: 0 at threshold decisions, then the fixed threshold index.
+    Both also output the classifier's ``probabilities``.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+    from skl2onnx import convert_sklearn  # type: ignore[import-untyped, unused-ignore]
+    from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped, unused-ignore]
+
+    features = "observation" if wrapper is None else "admission_features"
+    model = convert_sklearn(
+        estimator,
+        initial_types=[(features, FloatTensorType([None, n_features]))],
+        options={id(estimator): {"zipmap": False}},
+        target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
+    )
+    graph = model.graph
+    probabilities = next(o for o in graph.output if o.name == "probabilities")
+
+    def const(name: str, value: Any) -> None:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+
+    const("sg_class1", np.array([1], dtype=np.int64))
+    const("sg_threshold", np.array(threshold, dtype=np.float32))
+    const("sg_level", np.array(admit_level, dtype=np.int64))
+    const("sg_zero", np.array(0, dtype=np.int64))
+    nodes = [
+        helper.make_node("Gather", ["probabilities", "sg_class1"], ["sg_p1"], axis=1),
+        helper.make_node("GreaterOrEqual", ["sg_p1", "sg_threshold"], ["sg_keep"]),
+        helper.make_node("Where", ["sg_keep", "sg_level", "sg_zero"], ["sg_admit"]),  # [N, 1]
+    ]
+    if wrapper is None:
+        const("sg_flat", np.array([-1], dtype=np.int64))
+        nodes.append(helper.make_node("Reshape", ["sg_admit", "sg_flat"], ["action"]))
+        action = helper.make_tensor_value_info("action", onnx.TensorProto.INT64, [None])
+    else:
+        width, columns, flag, threshold_index = wrapper
+        del graph.input[:]
+        graph.input.append(helper.make_tensor_value_info("observation", onnx.TensorProto.FLOAT, [None, width]))
+        const("sg_columns", np.array(columns, dtype=np.int64))
+        const("sg_flag", np.array([flag], dtype=np.int64))
+        const("sg_half", np.array(0.5, dtype=np.float32))
+        const("sg_threshold_index", np.array(threshold_index, dtype=np.int64))
+        graph.node.insert(0, helper.make_node("Gather", ["observation", "sg_columns"], [features], axis=1))
+        nodes += [
+            helper.make_node("Gather", ["observation", "sg_flag"], ["sg_flag_value"], axis=1),
+            helper.make_node("Greater", ["sg_flag_value", "sg_half"], ["sg_is_threshold"]),
+            helper.make_node("Where", ["sg_is_threshold", "sg_zero", "sg_admit"], ["sg_admission"]),
+            helper.make_node("Where", ["sg_is_threshold", "sg_threshold_index", "sg_threshold_index"], ["sg_index"]),
+            helper.make_node("Concat", ["sg_admission", "sg_index"], ["action"], axis=1),
+        ]
+        action = helper.make_tensor_value_info("action", onnx.TensorProto.INT64, [None, 2])
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.extend([action, probabilities])
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+_ADMISSION_ONNX_INFO = {
+    "outputs": {
+        "action": "the admission decision (Caching-v0: [admission, threshold index])",
+        "probabilities": "the classifier's [P(not reused), P(reused)], float32",
+    },
+    "note": "onnxruntime evaluates the trees in float32: decisions within float32 rounding of the threshold may differ",
+}
+
+
+def _learned_admission_export(policy: Any) -> _Export:
+    spec, weights = _admission_spec(policy)
+    graph = _admission_onnx(policy.estimator, policy.threshold, policy.admit_level, len(policy.layout.names))
+    return _Export(
+        policy=spec,
+        action=_admission_action(policy.layout),
+        weights=weights,
+        onnx=graph,
+        onnx_info={"inputs": {"observation": "float32 [batch, n_features]"}, **_ADMISSION_ONNX_INFO},
+    )
+
+
+def _caching_env_export(policy: Any) -> _Export:
+    from servegym.agents.admission import LearnedAdmission
+
+    inner = policy.admission
+    inner_layout = inner.layout
+    if isinstance(inner, LearnedAdmission):
+        inner_spec, inner_weights = _admission_spec(inner)
+    else:
+        try:
+            heuristic = _heuristic(inner)
+        except ExportError:
+            raise ExportError(
+                f"CachingEnvPolicy: no exporter for its admission policy {_source(inner)}; exportable: "
+                "LearnedAdmission and the admission heuristics of servegym.policies"
+            ) from None
+        inner_spec, inner_weights = heuristic.policy, heuristic.weights
+    names = list(policy.layout.names)
+    columns = [names.index(n) for n in inner_layout.names]
+    export = _Export(
+        policy={
+            "kind": "caching_env",
+            "source": _source(policy),
+            "stateful": bool(inner_spec.get("stateful", False)),
+            "params": {"admission_features": list(inner_layout.names), "threshold_index": policy.threshold_index},
+            "admission": inner_spec,
+        },
+        action={
+            "type": "multi_discrete",
+            # The threshold grid is the environment's: its size is not part of the policy.
+            "nvec": [_admission_action(inner_layout)["n"], None],
+            "meaning": ACTION_MEANINGS["servegym/Caching-v0"],
+            "threshold_index": policy.threshold_index,
+        },
+        weights={f"admission__{k}": v for k, v in inner_weights.items()},
+    )
+    if isinstance(inner, LearnedAdmission):
+        wrapper = (len(names), columns, names.index("decision_is_threshold"), policy.threshold_index)
+        export.onnx = _admission_onnx(
+            inner.estimator, inner.threshold, inner.admit_level, len(inner_layout.names), wrapper
+        )
+        export.onnx_info = {"inputs": {"observation": "float32 [batch, n_features]"}, **_ADMISSION_ONNX_INFO}
+    else:
+        export.onnx_info = {"reason": _NO_ONNX}
+    return export
+
+
+def _distilled_onnx(estimators: Sequence[Any], kind: str, n_features: int) -> bytes:
+    """The trees as one graph: ``observation`` -> ``action`` ([N] int64, [N, k] int64 or [N, outputs] float)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from skl2onnx import convert_sklearn  # type: ignore[import-untyped, unused-ignore]
+    from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped, unused-ignore]
+
+    nodes: list[Any] = []
+    initializers: list[Any] = []
+    labels: list[str] = []
+    opsets: dict[str, int] = {}
+    for k, estimator in enumerate(estimators):
+        options = {id(estimator): {"zipmap": False}} if kind != "continuous" else None
+        part = convert_sklearn(
+            estimator,
+            initial_types=[("observation", FloatTensorType([None, n_features]))],
+            options=options,
+            target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
+        )
+        for opset in part.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+
+        def rename(name: str, k: int = k) -> str:
+            return name if name in ("observation", "") else f"t{k}_{name}"
+
+        for node in part.graph.node:
+            node.name = f"t{k}_{node.name}"
+            node.input[:] = [rename(n) for n in node.input]
+            node.output[:] = [rename(n) for n in node.output]
+            nodes.append(node)
+        for init in part.graph.initializer:
+            init.name = rename(init.name)
+            initializers.append(init)
+        labels.append(rename(part.graph.output[0].name))
+    if kind == "continuous":
+        nodes.append(helper.make_node("Identity", [labels[0]], ["action"]))
+        action = helper.make_tensor_value_info("action", onnx.TensorProto.FLOAT, [None, None])
+    elif kind == "discrete":
+        nodes.append(helper.make_node("Identity", [labels[0]], ["action"]))
+        action = helper.make_tensor_value_info("action", onnx.TensorProto.INT64, [None])
+    else:
+        initializers.append(numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), "sg_column"))
+        for k, label in enumerate(labels):
+            nodes.append(helper.make_node("Reshape", [label, "sg_column"], [f"sg_component{k}"]))
+        nodes.append(helper.make_node("Concat", [f"sg_component{k}" for k in range(len(labels))], ["action"], axis=1))
+        action = helper.make_tensor_value_info("action", onnx.TensorProto.INT64, [None, len(labels)])
+    graph = helper.make_graph(
+        nodes,
+        "distilled_trees",
+        [helper.make_tensor_value_info("observation", onnx.TensorProto.FLOAT, [None, n_features])],
+        [action],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())])
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def _distilled_export(policy: Any, env_id: str | None) -> _Export:
+    weights: dict[str, np.ndarray] = {}
+    trees = []
+    for k, estimator in enumerate(policy.estimators):
+        spec, part = _native_part(estimator, f"t{k}__", f"DistilledTreePolicy tree {k}")
+        trees.append(spec)
+        weights |= part
+    meaning = ACTION_MEANINGS.get(env_id or "", ["the teacher's action"])
+    action: dict[str, Any]
+    if policy.kind == "continuous":
+        action = {"type": "continuous", "shape": [int(policy.estimators[0].n_outputs_)], "meaning": meaning}
+    else:
+        # The trees answer with the actions the teacher took; the space's size is the environment's.
+        values = [[int(c) for c in t.classes_] for t in policy.estimators]
+        action = {"type": policy.kind, "meaning": meaning, "values": values}
+        if policy.kind == "multi_discrete":
+            action["nvec"] = [None] * len(values)
+    graph = _distilled_onnx(policy.estimators, policy.kind, len(policy.layout.names))
+    return _Export(
+        policy={
+            "kind": "distilled_trees",
+            "source": _source(policy),
+            "stateful": False,
+            "action_kind": policy.kind,
+            "trees": trees,
+        },
+        action=action,
+        weights=weights,
+        onnx=graph,
+        onnx_info={
+            "inputs": {"observation": "float32 [batch, n_features]"},
+            "outputs": {"action": "the trees' action (one column per component for multi_discrete)"},
+        },
+    )
+
+
+def _learned(policy: Any, env_id: str | None) -> _Export | None:
+    """The export of a policy trained by a scikit-learn learner of servegym.agents, or None for other policies."""
+    from servegym.agents.admission import CachingEnvPolicy, LearnedAdmission
+    from servegym.agents.bandit import LinearBanditRouter
+    from servegym.agents.distill import DistilledTreePolicy
+    from servegym.agents.predictive import PredictiveAutoscaler
+
+    if isinstance(policy, PredictiveAutoscaler):
+        return _predictive_export(policy)
+    if isinstance(policy, LinearBanditRouter):
+        return _bandit_export(policy)
+    if isinstance(policy, LearnedAdmission):
+        return _learned_admission_export(policy)
+    if isinstance(policy, CachingEnvPolicy):
+        return _caching_env_export(policy)
+    if isinstance(policy, DistilledTreePolicy):
+        return _distilled_export(policy, env_id)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
 # Dispatch
 
 
@@ -889,6 +1299,11 @@ def export_policy(
             f"a bare {type(policy).__name__} model has no feature layout: use export_sb3(model, layout, out) "
             "or wrap it in servegym.agents.sb3.SB3Policy"
         )
+    learned = _learned(policy, env_id)
+    if learned is not None:
+        if not onnx and learned.onnx is not None:
+            learned.onnx, learned.onnx_info = None, {"reason": "not requested (onnx=False)"}
+        return _write_bundle(out, policy.layout, learned, provenance, overwrite)
     try:
         return export_heuristic(policy, out, provenance=provenance, overwrite=overwrite)
     except ExportError as exc:
@@ -896,6 +1311,7 @@ def export_policy(
             raise
     raise ExportError(
         f"no exporter for {type(policy).__module__}.{type(policy).__name__}; exportable: SB3 policies "
-        "(PPO, A2C, DQN, SAC, MaskablePPO), scikit-learn estimators (export_sklearn) and the heuristics of "
-        "servegym.policies"
+        "(PPO, A2C, DQN, SAC, MaskablePPO), the policies of servegym's scikit-learn learners (PredictiveAutoscaler, "
+        "LinearBanditRouter, LearnedAdmission, CachingEnvPolicy, DistilledTreePolicy), scikit-learn estimators "
+        "(export_sklearn) and the heuristics of servegym.policies"
     )

@@ -143,9 +143,7 @@ def load(directory: str | Path) -> Bundle:
             raise BundleError(f"{root}: incomplete bundle, {name} is missing (listed in {SPEC_FILE})")
         got = file_sha256(path)
         if got != digest:
-            raise BundleError(
-                f"{path}: tampered, sha256 {got} does not match {digest} recorded in {SPEC_FILE}"
-            )
+            raise BundleError(f"{path}: tampered, sha256 {got} does not match {digest} recorded in {SPEC_FILE}")
     weights: dict[str, np.ndarray] = {}
     if WEIGHTS_FILE in files:
         try:
@@ -216,9 +214,7 @@ class Bundle:
 
     def _bad_value(self, x: np.ndarray, where: str = "") -> ObservationError:
         k = int(np.argmin(np.isfinite(x)))
-        return ObservationError(
-            f"{where}feature {self.feature_names[k]!r} (index {k}) is {x[k]}, not a finite number"
-        )
+        return ObservationError(f"{where}feature {self.feature_names[k]!r} (index {k}) is {x[k]}, not a finite number")
 
     def observation(self, observation: Any) -> np.ndarray:
         """``observation`` checked and converted to a float64 vector in feature order.
@@ -466,10 +462,14 @@ class _Linear:
         self.output = str(policy["output"])  # "value" or "class"
         self.classes = list(policy.get("classes", []))
         self.scalar = bool(policy.get("scalar", True))
+        if self.output == "value" and self.scalar:
+            # A regressor fitted on a 1-D target has a 1-D coef_: X @ coef is the product scikit-learn
+            # computes (a matrix-vector product, not a matrix-matrix one), so the sums round alike.
+            self.coef = np.ascontiguousarray(self.coef[:, 0])
 
     def _out(self, raw: np.ndarray) -> Any:
         if self.output == "value":
-            return raw[:, 0] if self.scalar else raw
+            return raw if raw.ndim == 1 else raw[:, 0] if self.scalar else raw
         picks = (raw[:, 0] > 0).astype(np.int64) if raw.shape[1] == 1 else raw.argmax(axis=1)
         return np.asarray(self.classes)[picks]
 
@@ -551,8 +551,8 @@ class _Trees:
             picks = scores.argmax(axis=1)
         return np.asarray(self.classes)[picks]
 
-    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
-        _no_mask("tree", mask)
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """The combined leaf values of one observation, shape (1, n_outputs) (boosting: raw log-odds)."""
         xs = x.astype(np.float32).tolist()
         f, t, left, right = self._f, self._t, self._l, self._r
         leaves = []
@@ -560,14 +560,21 @@ class _Trees:
             while left[node] >= 0:
                 node = left[node] if xs[f[node]] <= t[node] else right[node]
             leaves.append(node)
-        out = self._out(self._combine(self.value[leaves][None, :, :]))[0]
+        return self._combine(self.value[leaves][None, :, :])
+
+    def scores_batch(self, xs: np.ndarray) -> np.ndarray:
+        """The combined leaf values of many observations, shape (n, n_outputs)."""
+        # float32 values compared against float64 thresholds, as scikit-learn's trees do
+        return self._combine(self.value[self._leaves(xs.astype(np.float32).astype(np.float64))])
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask("tree", mask)
+        out = self._out(self.scores(x))[0]
         return out.item() if isinstance(out, np.generic) else out
 
     def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
         _no_mask("tree", masks)
-        # float32 values compared against float64 thresholds, as scikit-learn's trees do
-        leaves = self._leaves(xs.astype(np.float32).astype(np.float64))
-        out: np.ndarray = self._out(self._combine(self.value[leaves]))
+        out: np.ndarray = self._out(self.scores_batch(xs))
         return out
 
     def reset(self) -> None:
@@ -779,9 +786,7 @@ class _StepScaling(_Scaling):
 
     def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
         super().__init__(policy, weights, index, root)
-        self.steps = [
-            (float(lo), math.inf if hi is None else float(hi), int(adj)) for lo, hi, adj in self.p["steps"]
-        ]
+        self.steps = [(float(lo), math.inf if hi is None else float(hi), int(adj)) for lo, hi, adj in self.p["steps"]]
         self.cooldown_s = float(self.p["cooldown_s"])
         self.reset()
 
@@ -957,6 +962,291 @@ class _FrequencyAdmission(_Stateless):
         return (xs[:, self.at] >= self.min_requests).astype(np.int64)
 
 
+# -- learned policies of servegym.agents ------------------------------------------------
+# Each replays its policy's act() with the same numpy operations on arrays of the same
+# shapes (so vectorised transcendental functions round alike), its scikit-learn models
+# evaluated by the native kinds above. Nested models keep their arrays in weights.npz
+# under a prefix ("h1__feature", "admission__threshold", ...).
+
+
+def _nested(spec: Mapping[str, Any], weights: _Weights, prefix: str, index: Mapping[str, int], root: Any) -> Any:
+    """The policy kind ``spec`` describes, built from the weights stored under ``prefix``."""
+    kind = str(spec["kind"])
+    factory = _KINDS.get(kind)
+    if factory is None:
+        raise BundleError(
+            f"spec.json: unknown nested policy kind {kind!r}; this runtime knows {', '.join(sorted(_KINDS))}"
+        )
+    own = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+    return factory(spec, own, index, root)
+
+
+def _positions(index: Mapping[str, int], names: Sequence[str], kind: str) -> list[int]:
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise BundleError(f"spec.json: the {kind} policy needs feature(s) {', '.join(missing)}")
+    return [index[n] for n in names]
+
+
+class _Forecaster:
+    """The upper prediction bounds of servegym's conformal ``WorkloadForecaster``, or its Holt fallback."""
+
+    def __init__(self, spec: Mapping[str, Any], weights: _Weights, root: Any) -> None:
+        self.horizon = int(spec["horizon"])
+        self.lags = int(spec["lags"])
+        self.interval_s = float(spec["interval_s"])
+        self.period_s = float(spec["period_s"])
+        self.use_calendar = bool(spec["use_calendar"])
+        self.smoothing = float(spec["smoothing"])
+        self.trend_smoothing = float(spec["trend_smoothing"])
+        self.z = float(spec["normal_quantile"])  # scipy's norm.ppf(0.5 + coverage / 2), computed at export
+        self.quantiles = np.asarray(spec["quantiles"], dtype=np.float64)
+        self.models = [_nested(m, weights, f"h{h}__", {}, root) for h, m in enumerate(spec["models"], start=1)]
+        self.fitted = len(self.models) == self.horizon
+
+    def _noise_scale(self, anchor: np.ndarray) -> np.ndarray:
+        return np.asarray(np.sqrt((np.maximum(anchor, 0.0) + 1.0 / self.interval_s) / self.interval_s))
+
+    def upper(self, rates: np.ndarray, time_s: float, steps: int) -> np.ndarray:
+        """Upper bounds for 1..``steps`` intervals after ``rates`` (ending at ``time_s``)."""
+        if not self.fitted or len(rates) < self.lags:
+            return self._fallback_upper(rates)[:steps]
+        window = rates[None, -self.lags :]
+        end_s = np.array([time_s])
+        uppers = []
+        for h in range(1, steps + 1):
+            anchor = window.mean(axis=1)
+            scale = self._noise_scale(anchor)
+            columns = [(window - anchor[:, None]) / scale[:, None]]
+            if self.use_calendar:
+                phase = 2.0 * np.pi * ((end_s + h * self.interval_s) % self.period_s) / self.period_s
+                columns += [np.sin(phase), np.cos(phase)]
+            X = np.column_stack(columns)
+            mean = np.maximum(anchor + scale * self.models[h - 1].batch(X, None), 0.0)
+            uppers.append(mean + self.quantiles[h - 1] * scale)
+        return np.concatenate(uppers)
+
+    def _fallback_upper(self, rates: np.ndarray) -> np.ndarray:
+        """Holt's linear exponential smoothing, with intervals from its one-step errors (or Poisson noise)."""
+        level, trend = rates[0], 0.0
+        errors = []
+        for x in rates[1:]:
+            errors.append(x - (level + trend))
+            previous = level
+            level = self.smoothing * x + (1 - self.smoothing) * (level + trend)
+            trend = self.trend_smoothing * (level - previous) + (1 - self.trend_smoothing) * trend
+        steps = np.arange(1, self.horizon + 1)
+        mean = np.maximum(level + steps * trend, 0.0)
+        sigma = float(np.std(errors)) if len(errors) >= 5 else float(self._noise_scale(np.array([level]))[0])
+        result: np.ndarray = mean + self.z * sigma * np.sqrt(steps)
+        return result
+
+
+class _PredictiveAutoscaler(_Scaling):
+    """servegym's ``PredictiveAutoscaler``: replicas for the forecast's upper bound over the cold-start horizon.
+
+    State (``reset`` clears it): the rate history (the last ``history_len`` rates), the
+    clock (from the first observation's time of day) and the online work estimate.
+    """
+
+    needs = ("arrival_rate_rps", "queue_len", "utilisation", "ready_replicas", "time_of_day_sin", "time_of_day_cos")
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        super().__init__(policy, weights, index, root)
+        p = self.p
+        self.horizon = int(p["horizon"])
+        self.learned_slot_s_per_request = float(p["slot_s_per_request"])
+        self.target_utilisation = float(p["target_utilisation"])
+        self.service_smoothing = float(p["service_smoothing"])
+        self.saturated = float(p["saturated_utilisation"])
+        self.day_s = float(p["day_s"])
+        self.history_len = int(p["history_len"])
+        self.forecaster = _Forecaster(policy["forecaster"], weights, root)
+        if self.forecaster.horizon < self.horizon:
+            raise BundleError(
+                f"spec.json: the forecaster's horizon {self.forecaster.horizon} is shorter than "
+                f"the policy's {self.horizon}"
+            )
+        self.reset()
+
+    def reset(self) -> None:
+        self.history: deque[float] = deque(maxlen=self.history_len)
+        self.start_s: float | None = None
+        self.steps = 0
+        self.slot_s_per_request = self.learned_slot_s_per_request
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        at = self.at
+        if self.start_s is None:
+            angle = math.atan2(float(x[at["time_of_day_sin"]]), float(x[at["time_of_day_cos"]])) % (2.0 * math.pi)
+            self.start_s = angle / (2.0 * math.pi) * self.day_s
+        now_s = self.start_s + self.steps * self.interval_s
+        self.steps += 1
+        rate = float(x[at["arrival_rate_rps"]])
+        utilisation = float(x[at["utilisation"]])
+        self.history.append(rate)
+        busy = utilisation * float(x[at["ready_replicas"]]) * self.slots_per_replica
+        if rate > 0 and busy > 0 and utilisation < self.saturated:
+            a = self.service_smoothing
+            self.slot_s_per_request = (1 - a) * self.slot_s_per_request + a * busy / rate
+        upper = self.forecaster.upper(np.asarray(self.history), now_s, self.horizon)
+        peak_rps = float(upper[: self.horizon].max())
+        queue = float(x[at["queue_len"]])
+        slots = (peak_rps + queue / self.interval_s) * self.slot_s_per_request / self.target_utilisation
+        return self._bound(math.ceil(slots / self.slots_per_replica - 1e-9))
+
+
+class _LinearBandit(_Stateless):
+    """servegym's ``LinearBanditRouter``: per-backend linear rewards, greedy, LinUCB or Thompson sampling.
+
+    The arms' statistics are fixed (the bundle does not learn online); Thompson sampling
+    draws from numpy's default generator seeded as the policy, re-seeded by ``reset``.
+    """
+
+    kind = "linear_bandit"
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        p = policy["params"]
+        backends = [str(b) for b in p["backend_names"]]
+        self.tenants = np.array(_positions(index, [str(t) for t in p["tenant_features"]], self.kind), dtype=np.intp)
+        self.prompt, self.difficulty, self.queue = _positions(
+            index, ["log_prompt_tokens", "difficulty", "queue_len"], self.kind
+        )
+        self.busy = np.array(_positions(index, [f"busy_{b}" for b in backends], self.kind), dtype=np.intp)
+        self.theta = np.asarray(weights["theta"], dtype=np.float64)
+        self.A_inv = np.asarray(weights["A_inv"], dtype=np.float64)
+        self.n_arms, self.dim = self.theta.shape
+        if self.n_arms != len(backends) or self.dim != len(self.tenants) + 4:
+            raise BundleError(
+                f"weights.npz: theta has shape {self.theta.shape}, expected ({len(backends)}, {len(self.tenants) + 4})"
+            )
+        self.algorithm = str(p["algorithm"])
+        self.alpha = float(p["alpha"])
+        self.explore = bool(p["explore"])
+        self.seed = p["seed"]
+        self.sample = self.explore and self.algorithm == "thompson"
+        self.bonus = self.explore and self.algorithm == "linucb"
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        shared = np.concatenate(
+            [x[self.tenants], [x[self.prompt] / 10.0, x[self.difficulty], math.log1p(max(x[self.queue], 0.0)) / 5.0]]
+        )
+        context = np.empty((self.n_arms, self.dim))
+        context[:, :-1] = shared
+        context[:, -1] = np.log1p(np.maximum(x[self.busy], 0.0)) / 5.0
+        theta = self.theta
+        if self.sample:
+            theta = np.array(
+                [self.rng.multivariate_normal(self.theta[a], self.alpha**2 * self.A_inv[a]) for a in range(self.n_arms)]
+            )
+        estimate = np.einsum("ad,ad->a", theta, context)
+        if self.bonus:
+            estimate += self.alpha * np.sqrt(np.maximum(np.einsum("ad,ade,ae->a", context, self.A_inv, context), 0.0))
+        return int(np.argmax(estimate))
+
+
+class _LearnedAdmission(_Stateless):
+    """servegym's ``LearnedAdmission``: admit at ``admit_level`` when the boosted trees' P(reuse) >= threshold.
+
+    P(reuse) is the logistic of the raw score, computed with ``math.exp`` as scipy's
+    ``expit`` (which scikit-learn uses) computes it, so comparisons at the threshold agree.
+    """
+
+    kind = "learned_admission"
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        p = policy["params"]
+        self.threshold = float(p["threshold"])
+        self.admit_level = int(p["admit_level"])
+        self.trees = _nested(policy["classifier"], weights, "classifier__", index, root)
+        if not isinstance(self.trees, _Trees) or self.trees.combine != "sum" or len(self.trees.classes) != 2:
+            raise BundleError("spec.json: learned_admission needs a binary gradient-boosted tree classifier")
+
+    def _admit(self, raw: float) -> int:
+        return self.admit_level if 1.0 / (1.0 + math.exp(-raw)) >= self.threshold else 0
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        return self._admit(float(self.trees.scores(x)[0, 0]))
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask(self.kind, masks)
+        return np.array([self._admit(raw) for raw in self.trees.scores_batch(xs)[:, 0].tolist()], dtype=np.int64)
+
+
+class _CachingEnv:
+    """servegym's ``CachingEnvPolicy``: ``[admission, threshold_index]`` for Caching-v0's combined observation.
+
+    At a threshold decision (``decision_is_threshold`` > 0.5) admission is 0 and the inner
+    policy is not asked (so a stateful one does not advance); otherwise the inner policy
+    decides on the admission features, found by name.
+    """
+
+    kind = "caching_env"
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        p = policy["params"]
+        names = [str(n) for n in p["admission_features"]]
+        self.columns = np.array(_positions(index, names, self.kind), dtype=np.intp)
+        self.flag = _positions(index, ["decision_is_threshold"], self.kind)[0]
+        self.threshold_index = int(p["threshold_index"])
+        self.inner = _nested(policy["admission"], weights, "admission__", {n: i for i, n in enumerate(names)}, root)
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        admit = 0 if x[self.flag] > 0.5 else int(self.inner.single(x[self.columns], None))
+        return np.array([admit, self.threshold_index], dtype=np.int64)
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask(self.kind, masks)
+        out = np.zeros((len(xs), 2), dtype=np.int64)
+        out[:, 1] = self.threshold_index
+        asked = xs[:, self.flag] <= 0.5
+        if asked.any():  # the inner policy sees its decisions in order, as one after another
+            out[asked, 0] = self.inner.batch(xs[asked][:, self.columns], None)
+        return out
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
+class _DistilledTrees(_Stateless):
+    """servegym's ``DistilledTreePolicy``: one tree per action component, or one (multi-output) regressor.
+
+    ``action_kind``: ``discrete`` (an int), ``multi_discrete`` (an int64 array, one
+    classifier per component) or ``continuous`` (a float32 array).
+    """
+
+    kind = "distilled_trees"
+
+    def __init__(self, policy: Mapping[str, Any], weights: _Weights, index: Mapping[str, int], root: Any) -> None:
+        self.action_kind = str(policy["action_kind"])
+        if self.action_kind not in ("discrete", "multi_discrete", "continuous"):
+            raise BundleError(f"spec.json: distilled action_kind {self.action_kind!r} unknown")
+        self.trees = [_nested(t, weights, f"t{k}__", index, root) for k, t in enumerate(policy["trees"])]
+
+    def single(self, x: np.ndarray, mask: np.ndarray | None) -> Any:
+        _no_mask(self.kind, mask)
+        if self.action_kind == "discrete":
+            return int(self.trees[0].single(x, None))
+        if self.action_kind == "multi_discrete":
+            return np.array([int(t.single(x, None)) for t in self.trees], dtype=np.int64)
+        return np.asarray(self.trees[0].scores(x)[0], dtype=np.float32).reshape(-1)
+
+    def batch(self, xs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        _no_mask(self.kind, masks)
+        if self.action_kind == "continuous":
+            return np.asarray(self.trees[0].scores_batch(xs), dtype=np.float32)
+        picks = np.column_stack([t.batch(xs, None) for t in self.trees]).astype(np.int64)
+        return picks[:, 0] if self.action_kind == "discrete" else picks
+
+
 _KINDS: dict[str, Callable[[Mapping[str, Any], _Weights, Mapping[str, int], Any], Any]] = {
     "mlp": _MLP,
     "linear": _Linear,
@@ -978,4 +1268,9 @@ _KINDS: dict[str, Callable[[Mapping[str, Any], _Weights, Mapping[str, int], Any]
     "admit_none": _Constant,
     "fixed_threshold": _Constant,
     "frequency_admission": _FrequencyAdmission,
+    "predictive_autoscaler": _PredictiveAutoscaler,
+    "linear_bandit": _LinearBandit,
+    "learned_admission": _LearnedAdmission,
+    "caching_env": _CachingEnv,
+    "distilled_trees": _DistilledTrees,
 }

@@ -50,25 +50,25 @@ class Recorded:
     admission: np.ndarray
 
 
+RECORDED_OVERRIDES = [
+    "control.interval_s=1.0",
+    "workload.kind=mmpp",
+    "workload.rate_rps=2.0",
+    "workload.burst_rate_rps=12.0",
+    "workload.mean_calm_s=300",
+    "workload.mean_burst_s=90",
+    "pool.initial_replicas=2",
+    "pool.min_replicas=1",
+    "pool.max_replicas=24",
+    "pool.cold_start_mean_s=8",
+]
+"""The recorded scenario's overrides of ``default`` (besides its duration), for envs that train on it."""
+
+
 @pytest.fixture(scope="session")
 def recorded() -> Recorded:
     """A bursty day-time hour and more with a one-second control interval, so windows and cooldowns matter."""
-    scenario = apply_overrides(
-        load_scenario("default"),
-        [
-            "duration_s=10100",
-            "control.interval_s=1.0",
-            "workload.kind=mmpp",
-            "workload.rate_rps=2.0",
-            "workload.burst_rate_rps=12.0",
-            "workload.mean_calm_s=300",
-            "workload.mean_burst_s=90",
-            "pool.initial_replicas=2",
-            "pool.min_replicas=1",
-            "pool.max_replicas=24",
-            "pool.cold_start_mean_s=8",
-        ],
-    )
+    scenario = apply_overrides(load_scenario("default"), ["duration_s=10100", *RECORDED_OVERRIDES])
     platform = Platform(scenario)
     scaling = Recorder(HPA(**scaling_kwargs(scenario), target_utilisation=0.6, scale_down_stabilisation_s=60))
     r_layout = routing_layout(platform)

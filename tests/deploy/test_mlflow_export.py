@@ -144,3 +144,29 @@ def test_missing_policy_artifact(
     with pytest.raises(SystemExit):
         _export(monkeypatch, store, f"run=runs:/{run.info.run_id}/policy", f"out={tmp_path / 'x'}")
     assert f"run {run.info.run_id} has no artifact 'policy'" in capsys.readouterr().err
+
+
+def test_export_a_trained_bandit_run_through_mlflow(
+    monkeypatch: pytest.MonkeyPatch, store: str, recorded: Recorded, tmp_path: Path
+) -> None:
+    """A run of `servegym train agent=bandit` (its policy/ artifact) exports, logs a pyfunc and decides alike."""
+    from servegym.agents.bandit import BanditRouterLearner
+
+    env = gym.make("servegym/Routing-v0", duration_s=120.0, overrides=["workload.rate_rps=8.0"])
+    router = BanditRouterLearner(log_every=500).learn(env, 500, seed=0)
+    directory = save_policy(router, tmp_path / "policy")
+    mlflow.set_experiment("servegym")
+    with mlflow.start_run() as run:
+        mlflow.set_tags({"servegym.env": "servegym/Routing-v0", "servegym.agent": "bandit"})
+        mlflow.log_artifacts(str(directory), "policy")
+    out = tmp_path / "bundle"
+    _export(monkeypatch, store, f"run={run.info.run_id}", f"out={out}")
+
+    bundle = runtime.load(out)
+    assert bundle.kind == "linear_bandit" and bundle.spec["provenance"]["agent"] == "bandit"
+    obs = recorded.routing[:2_000]
+    expected = [router.act(o) for o in obs]
+    np.testing.assert_array_equal(bundle.decide_batch(obs), expected)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/policy_bundle")
+    frame = pd.DataFrame(obs.astype(np.float64), columns=list(bundle.feature_names))
+    np.testing.assert_array_equal(model.predict(frame)["action"].to_numpy(), expected)
