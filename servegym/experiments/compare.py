@@ -37,7 +37,6 @@ answer), which the Optuna sweeper minimises when tuning heuristics.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -46,7 +45,6 @@ import re
 import sys
 import tempfile
 import traceback
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +59,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from servegym.experiments.evaluate import DECISIONS, KPI_COLUMNS, PolicyResult, simulate
+from servegym.experiments.evaluate import DECISIONS, KPI_COLUMNS, PolicyResult, objective_usd, simulate
 from servegym.experiments.leaderboard import HIGHER_IS_BETTER, ScenarioSummary, format_summary, summarise
-from servegym.experiments.schema import register_configs, schema_of
+from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate
 from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, tracking_uri
 from servegym.policies.base import Policy
@@ -108,39 +106,6 @@ def sweep_values(values: Any) -> str:
     return ",".join(f"'{item}'" for item in items)
 
 
-def _sim_dataclasses(cls: type, seen: dict[str, type]) -> dict[str, type]:
-    """Every simulator dataclass reachable from ``cls`` through its field types."""
-    if cls.__name__ in seen:
-        return seen
-    seen[cls.__name__] = cls
-    for hint in typing.get_type_hints(cls).values():
-        stack = [hint]
-        while stack:
-            tp = stack.pop()
-            if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-                _sim_dataclasses(tp, seen)
-            stack.extend(typing.get_args(tp))
-    return seen
-
-
-def _schema_importable() -> None:
-    """Make the structured-schema classes importable from this module, so they pickle by reference.
-
-    The joblib launcher ships Hydra's ConfigStore and each job's config to its worker
-    processes; classes built by ``dataclasses.make_dataclass`` are not importable, so
-    cloudpickle copies them by value, and the copies' ``dataclasses.MISSING`` defaults are
-    no longer the sentinel, which breaks composing the scenario in the worker. A worker
-    that unpickles ``servegym.experiments.compare.<Name>Schema`` imports this module,
-    which rebuilds the same classes (``schema_of`` is cached) and registers them here.
-    """
-    module = sys.modules[__name__]
-    for cls in _sim_dataclasses(ScenarioConfig, {}).values():
-        schema = schema_of(cls)
-        schema.__module__ = __name__
-        schema.__qualname__ = schema.__name__
-        setattr(module, schema.__name__, schema)
-
-
 def _rounded(value: Any, digits: Any = 3) -> float:
     """``value`` rounded to ``digits`` decimals: short, readable labels for tuned parameters."""
     return round(float(value), int(digits))
@@ -149,7 +114,6 @@ def _rounded(value: Any, digits: Any = 3) -> float:
 OmegaConf.register_new_resolver("servegym.sweep", sweep_values, replace=True)
 OmegaConf.register_new_resolver("servegym.round", _rounded, replace=True)
 register_configs()
-_schema_importable()
 
 
 def seeds_of(value: Any) -> list[int]:
@@ -207,18 +171,6 @@ def resolve_policy(label: str, policy_defs: Mapping[str, Any], params: Mapping[s
                 "run:<mlflow run id> or models:/<registered name>/<version>"
             )
     return definition
-
-
-def objective_usd(kpis: Mapping[str, float], slo_miss_usd: float, bad_answer_usd: float) -> float:
-    """Cost plus ``slo_miss_usd`` per request that missed its SLO and ``bad_answer_usd`` per bad answer.
-
-    Misses count finished requests (completed or dropped) outside their SLO; bad answers
-    count completed requests that were not answered well.
-    """
-    finished = kpis["requests"] - kpis["in_flight"]
-    misses = (1.0 - kpis["slo_attainment"]) * finished if finished else 0.0
-    bad = (1.0 - kpis["quality"]) * kpis["completed"] if kpis["completed"] else 0.0
-    return float(kpis["cost_usd"] + slo_miss_usd * misses + bad_answer_usd * bad)
 
 
 def telemetry_of(platform: Platform) -> dict[str, Any]:

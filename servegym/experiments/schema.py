@@ -71,7 +71,12 @@ def schema_of(cls: type) -> type:
             fields.append((f.name, tp, dataclasses.field(default_factory=_factory(_convert_value, factory()))))
         else:
             fields.append((f.name, tp, dataclasses.field(default="???")))  # OmegaConf's MISSING
-    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+    name = f"{cls.__name__}Schema"
+    schema = dataclasses.make_dataclass(name, fields)
+    schema.__module__ = __name__
+    # A module attribute under its own name, so pickle (joblib and submitit workers) copies it by reference.
+    globals()[name] = schema
+    return schema
 
 
 def _factory(convert: Callable[[Any], Any], value: Any) -> Callable[[], Any]:
@@ -85,6 +90,10 @@ def _copy(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.replace(value)
     return value
+
+
+# Build every schema class at import: an unpickling worker finds them here by name.
+schema_of(ScenarioConfig)
 
 
 def register_configs() -> None:

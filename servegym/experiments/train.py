@@ -57,7 +57,7 @@ from servegym.agents.admission import CachingEnvPolicy, LearnedAdmission
 from servegym.agents.io import load_policy, save_policy
 from servegym.agents.sb3 import ALGORITHMS, SB3Policy, build_model, check_algorithm, check_hyperparams, make_vec_env
 from servegym.envs import ENV_IDS
-from servegym.experiments.evaluate import DECISIONS
+from servegym.experiments.evaluate import DECISIONS, objective_usd
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate
 from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, run_name, tracking_uri
@@ -413,6 +413,12 @@ class _Trainer:
                 metrics[f"eval/{name}"] = est.mean
                 if math.isfinite(est.half_width):
                     metrics[f"eval/{name}_ci95"] = est.half_width
+        prices = dict(self.cfg.get("objective") or {})
+        if prices:
+            objective = [
+                objective_usd(r, float(prices["slo_miss_usd"]), float(prices["bad_answer_usd"])) for r in runs
+            ]
+            metrics["eval/objective_usd"] = estimate(objective).mean
         self.batch.log(metrics, step)
         return metrics
 
@@ -498,8 +504,8 @@ register_configs()
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
-def app(cfg: DictConfig) -> None:
-    """Hydra entry point of ``servegym train``."""
+def app(cfg: DictConfig) -> float | None:
+    """Hydra entry point of ``servegym train``; returns ``eval/objective_usd`` for sweepers such as Optuna."""
     try:
         result = run_training(cfg, base_dir=hydra.utils.get_original_cwd())
     except ConfigError as exc:
@@ -510,3 +516,5 @@ def app(cfg: DictConfig) -> None:
         sys.exit(130)
     shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in result.kpis.items() if not k.endswith("_ci95"))
     print(f"run {result.run_id}: {result.timesteps} steps; {shown}")
+    objective = result.kpis.get("eval/objective_usd")
+    return None if objective is None else (objective if math.isfinite(objective) else math.inf)

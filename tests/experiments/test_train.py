@@ -214,6 +214,9 @@ def test_cli_multirun_makes_one_mlflow_run_per_job(tmp_path: Path) -> None:
         *TINY_HYPERPARAMS["ppo"],
         f"tracking.uri={uri}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        # parallel jobs in worker processes: the scenario schema must pickle, SQLite take two writers
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
