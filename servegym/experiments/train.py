@@ -248,6 +248,10 @@ class _TrackingCallback(BaseCallback):
         self.last_checkpoint = 0
         self.last_eval = 0
 
+    def _on_training_start(self) -> None:
+        # a resumed run counts its intervals from the checkpoint, not from zero
+        self.last_checkpoint = self.last_eval = self.num_timesteps
+
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
             if done and "kpis" in info:
