@@ -245,7 +245,8 @@ class AdmissionFeatures:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self._n_tenants = len(platform.scenario.workload.tenants)
-        self._stores = [(t.store, float(t.cfg.capacity)) for t in platform.tiers]
+        # Each tier's entries mapping: len() of it is C-speed, len() of the store a Python call.
+        self._stores = [(t.store.entries, float(t.cfg.capacity)) for t in platform.tiers]
         semantic = platform.semantic
         self._semantic = (semantic, float(semantic.cfg.capacity)) if semantic is not None else None
 
@@ -262,11 +263,11 @@ class AdmissionFeatures:
             key_requests,
             math.log1p(key_age_s if key_age_s < NEVER_SEEN_AGE_S else NEVER_SEEN_AGE_S),
         )
-        for store, capacity in self._stores:
-            values.append(len(store) / capacity)
+        for entries, capacity in self._stores:
+            values.append(len(entries) / capacity)
         if self._semantic is not None:
             semantic, capacity = self._semantic
-            values.append(len(semantic) / capacity)
+            values.append(semantic.size / capacity)
         return values
 
 

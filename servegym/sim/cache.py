@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,6 +47,10 @@ class EvictionStore(Protocol):
     capacity: int
     evictions: int
 
+    @property
+    def entries(self) -> Mapping[int, Any]:
+        """The stored values by key, for reading only: a membership test without get()'s bookkeeping."""
+
     def get(self, key: int) -> Any | None:
         """The value for ``key`` (recording the access), or ``None``."""
 
@@ -67,6 +72,7 @@ class LRUStore:
         self.capacity = capacity
         self.evictions = 0
         self._data: OrderedDict[int, Any] = OrderedDict()
+        self.entries = self._data
 
     def get(self, key: int) -> Any | None:
         value = self._data.get(key)
@@ -100,6 +106,7 @@ class FIFOStore:
         self.capacity = capacity
         self.evictions = 0
         self._data: dict[int, Any] = {}
+        self.entries = self._data
 
     def get(self, key: int) -> Any | None:
         return self._data.get(key)
@@ -128,6 +135,7 @@ class LFUStore:
         self.capacity = capacity
         self.evictions = 0
         self._value: dict[int, Any] = {}
+        self.entries = self._value
         self._freq: dict[int, int] = {}
         self._buckets: dict[int, OrderedDict[int, None]] = {}
         self._min_freq = 0
@@ -204,6 +212,7 @@ class S3FIFOStore:
         self._ghost: OrderedDict[int, None] = OrderedDict()
         self._ghost_cap = max(1, capacity - self._small_cap)
         self._value: dict[int, Any] = {}
+        self.entries = self._value
         self._freq: dict[int, int] = {}
 
     def get(self, key: int) -> Any | None:
@@ -331,7 +340,7 @@ class ExactTier:
 
     def account(self, now: float) -> None:
         """Integrate occupancy up to ``now`` (call before every change in size)."""
-        self.entry_seconds += len(self.store) * (now - self._last_t)
+        self.entry_seconds += len(self.store.entries) * (now - self._last_t)
         self._last_t = now
 
     def storage_usd(self, now: float) -> float:
@@ -340,7 +349,7 @@ class ExactTier:
         return self.entry_seconds * self.cfg.usd_per_entry_hour / 3600.0
 
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.store.entries)
 
 
 class SemanticTier:

@@ -13,22 +13,25 @@ answer :data:`DEFER` instead of an action: the platform then parks the decision 
 :meth:`Platform.resolve` let a Gymnasium environment pause the simulation at the
 decision and resume it when its agent acts. Simulated time does not move in between.
 
-The per-request path avoids SimPy processes: each arrival, cache answer and backend
-call is one timeout event with a callback, and request attributes live in columnar
-lists indexed by request id.
+The per-request path avoids SimPy processes and ``Timeout`` objects: each arrival,
+cache answer, pool entry and backend call is one bare :class:`_Wakeup` pushed onto
+SimPy's event queue, and request attributes live in columnar lists indexed by request
+id. Only two methods touch SimPy's internals to do that (:meth:`Platform._after` and
+:meth:`Platform.step_to_decision`, see "SimPy's event queue" below).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from heapq import heappop
+from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
 import numpy as np
 import simpy
+from simpy.events import NORMAL
 
 from servegym.sim.backends import FAILED_ERROR as BACKEND_ERROR
 from servegym.sim.backends import OK, Backend
@@ -43,6 +46,7 @@ from servegym.sim.telemetry import (
     DROPPED_QUEUE_TIMEOUT,
     FAILED_ERROR,
     FAILED_TIMEOUT,
+    KPI_COLUMNS,
     Incident,
     IntervalMetrics,
     Requests,
@@ -142,6 +146,24 @@ class Decision:
     event: simpy.Event | None = None
 
 
+class _Wakeup:
+    """A bare SimPy event for one step of one request's story, already triggered.
+
+    ``env.timeout(delay, request).callbacks.append(handler)`` builds a full ``Timeout``
+    (environment, delay, callback list, scheduling call) for each of the 2-3 events a
+    request lives through; a wakeup holds only what SimPy's event loop reads when it
+    pops an event (``callbacks``, ``_ok``) and the request id (``_value``), so the
+    loop, and ``env.run()``, process it like any other event.
+    """
+
+    __slots__ = ("_value", "callbacks")
+    _ok = True
+
+    def __init__(self, handler: Callable[[_Wakeup], None], request: int) -> None:
+        self.callbacks: tuple[Callable[[_Wakeup], None], ...] | None = (handler,)
+        self._value = request
+
+
 class Platform:
     """One simulated platform run for a scenario, a seed and a controller.
 
@@ -164,6 +186,10 @@ class Platform:
         self.seed = scenario.seed if seed is None else seed
         self.streams = Streams(self.seed)
         self.env = simpy.Environment()
+        # SimPy's event heap of (time, priority, event id, event) and its id counter,
+        # used by _after() and step_to_decision() only.
+        self._queue: list[Any] = self.env._queue
+        self._event_ids = self.env._eid
         self.controller: Controller = controller or BuiltinController(
             scenario.control, scenario, self.streams["controller"]
         )
@@ -189,9 +215,13 @@ class Platform:
         self.pending: deque[Decision] = deque()
         self._promote = scenario.cache.promote_on_hit
         self._n_backends = len(self.backends)
-        # Per exact tier: (level, tier, its store's get, lookup latency up to and including it).
+        # Per exact tier: (level, tier, its stored entries, its store's get, lookup latency
+        # up to and including it). Most lookups miss, and a membership test on the
+        # entries costs far less than a call to the store's get().
         reached = np.cumsum([0.0] + [t.latency_s for t in self.tiers]).tolist()
-        self._lookups = [(k, t, t.store.get, reached[k + 1]) for k, t in enumerate(self.tiers)]
+        self._lookups: list[tuple[int, ExactTier, Mapping[int, Any], Callable[[int], Any], float]] = [
+            (k, t, t.store.entries, t.store.get, reached[k + 1]) for k, t in enumerate(self.tiers)
+        ]
         self._miss_latency_s = reached[-1] + (self.semantic.latency_s if self.semantic is not None else 0.0)
         self._embeddings = self.workload.embeddings
         self._failing: dict[int, int] = {}  # calls in progress that will fail: request -> status
@@ -215,14 +245,13 @@ class Platform:
         self._iv = _IntervalStart(self)
 
         self._batches: Iterator[RequestBatch] = self.workload.batches(scenario.duration_s)
-        self._next = 0
         tiers: dict[str, ExactTier | SemanticTier] = {t.name: t for t in self.tiers}
         if self.semantic is not None:
             tiers["semantic"] = self.semantic
         schedule_faults(self.env, scenario.faults, self.backends, tiers, self.incidents)
         if scenario.cache.warm_top_intents:
             self._warm(scenario.cache.warm_top_intents)
-        self._schedule_arrival()
+        self._schedule_arrival(0)
         self.env.process(self._control())
 
     @property
@@ -238,24 +267,29 @@ class Platform:
 
     def run(self, until: float | None = None) -> dict[str, dict[str, float]]:
         """Run to ``until`` (default: the scenario's end) with a controller that never defers."""
-        end = self.scenario.duration_s if until is None else until
-        if self.env.now < end:
-            self.env.run(until=end)
-        if self.pending:
+        if self.step_to_decision(until) is not None:
             raise RuntimeError(
                 f"{len(self.pending)} decisions are waiting: a controller returned DEFER; "
                 "drive the platform with step_to_decision() and resolve() instead of run()"
             )
         return self.kpis()
 
+    # -- SimPy's event queue, used directly ----------------------------------------------------
+    # The per-request path schedules and processes its events itself. These two methods
+    # are the only ones that touch SimPy's internals (Environment._queue, _eid, _now);
+    # they do what Environment.schedule() and Environment.step() do, in the same order,
+    # so events (ties included) happen exactly as under env.timeout() and env.run().
+    def _after(self, delay: float, handler: Callable[[_Wakeup], None], request: int) -> None:
+        """Call ``handler`` with a wakeup for ``request`` in ``delay`` seconds (``env.timeout``'s timing)."""
+        heappush(self._queue, (self.env._now + delay, NORMAL, next(self._event_ids), _Wakeup(handler, request)))
+
     def step_to_decision(self, until: float | None = None) -> Decision | None:
         """Advance until a deferred decision waits (returned) or time ``until`` is reached (None)."""
         end = self.scenario.duration_s if until is None else until
         env = self.env
         pending = self.pending
-        # SimPy's event heap, used directly: this loop is Environment.peek() and
-        # Environment.step() inlined, the hottest loop of a per-request environment.
-        queue = env._queue
+        # Environment.peek() and Environment.step() inlined: the simulator's hottest loop.
+        queue = self._queue
         while not pending:
             # Like run(until=end): events at exactly ``end`` belong to the next run.
             if not queue or queue[0][0] >= end:
@@ -263,7 +297,7 @@ class Platform:
                     env.run(until=end)
                 return None
             env._now, _, _, event = heappop(queue)
-            callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]  # as SimPy does
+            callbacks, event.callbacks = event.callbacks, None  # as SimPy does
             for callback in callbacks:
                 callback(event)
             if not event._ok and not hasattr(event, "_defused"):
@@ -304,43 +338,36 @@ class Platform:
         self.requests.extend(batch, keys)
         return True
 
-    def _schedule_arrival(self) -> None:
-        if self._next >= self.requests.n and not self._load_batch():
-            return
-        delay = self.requests.arrival_s[self._next] - self.env.now
-        self.env.timeout(delay if delay > 0 else 0.0).callbacks.append(self._on_arrival)
-
-    def _on_arrival(self, _event: simpy.Event) -> None:
-        i = self._next
-        self._next = nxt = i + 1
+    def _schedule_arrival(self, i: int) -> None:
+        """Wake up when request ``i`` arrives (if the workload has one more request)."""
         R = self.requests
-        env = self.env
-        now = env.now
-        # Schedule the next arrival (_schedule_arrival, inlined on the hottest path).
-        if nxt < R.n or self._load_batch():
-            delay = R.arrival_s[nxt] - now
-            env.timeout(delay if delay > 0 else 0.0).callbacks.append(self._on_arrival)
+        if i < R.n or self._load_batch():
+            delay = R.arrival_s[i] - self.env.now
+            self._after(delay if delay > 0 else 0.0, self._on_arrival, i)
+
+    def _on_arrival(self, wakeup: _Wakeup) -> None:
+        """The wakeup's request arrives: look it up in the caches, fastest first; a miss heads for the pool."""
+        i: int = wakeup._value
+        self._schedule_arrival(i + 1)
+        R = self.requests
         R.arrived += 1
+        now = self.env.now
         key = R.key[i]
-        for level, tier, get, latency in self._lookups:
-            if tier.down:
+        for level, tier, stored, get, latency in self._lookups:
+            if tier.down or key not in stored:
                 continue
             entry = get(key)
-            if entry is not None:
-                if entry[3] <= now:
-                    tier.expire(key, now)
-                    continue
-                if self._promote:
-                    for upper in self.tiers[:level]:
-                        if not upper.down:
-                            upper.put(key, (*entry[:3], now + upper.ttl_s), now)
-                R.source_tenant[i] = entry[0]
-                R.good[i] = entry[2]
-                R.hit_level[i] = level
-                self.hits[level] += 1
-                self.hits_in_flight += 1
-                self.env.timeout(latency, i).callbacks.append(self._on_cache_answer)
-                return
+            if entry[3] <= now:
+                tier.expire(key, now)
+                continue
+            if self._promote:
+                for upper in self.tiers[:level]:
+                    if not upper.down:
+                        upper.put(key, (*entry[:3], now + upper.ttl_s), now)
+            R.source_tenant[i] = entry[0]
+            R.good[i] = entry[2]
+            self._answer_from_cache(i, level, latency)
+            return
         latency = self._miss_latency_s
         sem = self.semantic
         if sem is not None and not sem.down:
@@ -353,21 +380,25 @@ class Platform:
                 R.false_hit[i] = false_hit
                 R.good[i] = sem.good[tenant][row] and not false_hit
                 self.false_hits += false_hit
-                R.hit_level[i] = level = self.n_levels - 1
-                self.hits[level] += 1
-                self.hits_in_flight += 1
-                self.env.timeout(latency, i).callbacks.append(self._on_cache_answer)
+                self._answer_from_cache(i, self.n_levels - 1, latency)
                 return
         R.lookup_s[i] = latency
         self.entering += 1
         if latency > 0:
-            self.env.timeout(latency, i).callbacks.append(self._on_enter_pool)
+            self._after(latency, self._on_enter_pool, i)
         else:
             self._enter_pool(i)
 
-    def _on_cache_answer(self, event: simpy.Event) -> None:
+    def _answer_from_cache(self, i: int, level: int, latency: float) -> None:
+        """A hit at ``level``: the answer reaches the client after ``latency`` seconds of lookups."""
+        self.requests.hit_level[i] = level
+        self.hits[level] += 1
+        self.hits_in_flight += 1
+        self._after(latency, self._on_cache_answer, i)
+
+    def _on_cache_answer(self, wakeup: _Wakeup) -> None:
         self.hits_in_flight -= 1
-        self._complete(event._value)
+        self._complete(wakeup._value)
 
     def _insert(self, i: int, level: int) -> None:
         """Write request ``i``'s answer into cache levels ``level`` and slower."""
@@ -383,7 +414,7 @@ class Platform:
             if not tier.down:
                 store = tier.store
                 # Occupancy changes only while a tier fills (a full tier evicts one per insert).
-                if tier.billed and len(store) < store.capacity:
+                if tier.billed and len(store.entries) < store.capacity:
                     tier.account(now)
                 store.put(key, (tenant, intent, good, now + tier.ttl_s))
         sem = self.semantic
@@ -408,13 +439,14 @@ class Platform:
                     self.semantic.put(tenant, key, cat.embeddings[intent, 0], intent, good, 0.0)
 
     # -- pool and backends -------------------------------------------------------------------
-    def _on_enter_pool(self, event: simpy.Event) -> None:
-        self._enter_pool(event._value)
+    def _on_enter_pool(self, wakeup: _Wakeup) -> None:
+        self._enter_pool(wakeup._value)
 
     def _enter_pool(self, i: int) -> None:
         self.entering -= 1
         pool = self.pool
-        self._expire_queue()
+        if pool.queue:
+            self._expire_queue()
         if pool.free and not pool.queue:
             self._start(i)
         elif len(pool.queue) >= pool.cfg.max_queue:
@@ -483,10 +515,10 @@ class Platform:
         R.tokens_out[i] = tokens_out
         if status != OK:
             self._failing[i] = status
-        self.env.timeout(duration, i).callbacks.append(self._on_call_done)
+        self._after(duration, self._on_call_done, i)
 
-    def _on_call_done(self, event: simpy.Event) -> None:
-        i = event._value
+    def _on_call_done(self, wakeup: _Wakeup) -> None:
+        i: int = wakeup._value
         R = self.requests
         backend = self.backends[R.backend[i]]
         backend.busy -= 1
@@ -508,7 +540,8 @@ class Platform:
                     self._insert(i, level if ok else self._check_level(level))
         else:
             self._drop(i, FAILED_ERROR if status == BACKEND_ERROR else FAILED_TIMEOUT, self.env.now)
-        self._dispatch()
+        if self.pool.queue:  # the freed slot goes to the queue's head
+            self._dispatch()
 
     # -- outcomes --------------------------------------------------------------------------------
     def _complete(self, i: int) -> None:
@@ -578,6 +611,7 @@ class Platform:
         busy_area, capacity_area = end.busy_area - start.busy_area, end.capacity_area - start.capacity_area
         lat = np.asarray(self._latencies)
         self._latencies = []
+        p50, p95 = np.percentile(lat, [50, 95]).tolist() if len(lat) else (math.nan, math.nan)
         arrivals = end.arrived - start.arrived
         hits = tuple(b - a for a, b in zip(start.hits, end.hits, strict=True))
         metrics = IntervalMetrics(
@@ -597,8 +631,8 @@ class Platform:
             draining_replicas=pool.draining,
             target_replicas=pool.target,
             latency_mean_s=float(lat.mean()) if len(lat) else math.nan,
-            latency_p50_s=float(np.percentile(lat, 50)) if len(lat) else math.nan,
-            latency_p95_s=float(np.percentile(lat, 95)) if len(lat) else math.nan,
+            latency_p50_s=p50,
+            latency_p95_s=p95,
             hits=hits,
             false_hits=end.false_hits - start.false_hits,
             hit_rate=sum(hits) / arrivals if arrivals else 0.0,
@@ -631,7 +665,7 @@ class Platform:
         self._expire_queue()
         tenants = self.scenario.workload.tenants
         return compute_kpis(
-            self.requests.frame(self.arrived),
+            self.requests.frame(self.arrived, KPI_COLUMNS),
             tenant_names=[t.name for t in tenants],
             tenant_slo_s=[t.slo_latency_s for t in tenants],
             level_names=self.level_names,

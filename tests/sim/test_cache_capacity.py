@@ -54,6 +54,9 @@ def test_store_never_exceeds_capacity(policy: str, capacity: int, ops: list[tupl
         assert len(store) <= capacity
         # Entries are conserved: what went in is still there, was evicted, or was discarded.
         assert len(store) == inserted - store.evictions - discarded
+        # The read-only view the platform's lookups test membership on is the store's content.
+        assert sorted(store.entries) == sorted(k for k in range(31) if k in store)
+        assert all(store.entries[k] == last_value[k] for k in store.entries)
 
 
 @settings(max_examples=30, deadline=None)

@@ -9,6 +9,7 @@ import numpy as np
 
 from servegym.sim.config import ControlConfig, ScenarioConfig
 from servegym.sim.platform import Platform
+from servegym.sim.telemetry import KPI_COLUMNS, compute_kpis
 
 REQUEST_INPUTS = ("arrival_s", "tenant", "intent", "variant", "prompt_tokens", "output_tokens", "difficulty")
 PER_REQUEST_UNIFORMS = ("u_service", "z_service", "u_quality", "u_failure")
@@ -40,6 +41,36 @@ def test_same_seed_gives_identical_kpis_and_records(stressed_scenario: ScenarioC
     # repr is exact for floats and treats nan alike, so it compares dataclasses holding nan.
     assert repr(first.intervals) == repr(second.intervals)
     assert repr(first.pool.replicas) == repr(second.pool.replicas)
+
+
+def test_simpys_own_loop_runs_the_platform_identically(stressed_scenario: ScenarioConfig) -> None:
+    """The per-request wakeups go straight onto SimPy's queue: env.run() must process them as run() does."""
+    ours, simpys = Platform(stressed_scenario), Platform(stressed_scenario)
+    for until in (10.0, 60.0, stressed_scenario.duration_s):  # pausing and resuming, as environments do
+        ours.run(until=until)
+        simpys.env.run(until=until)
+    assert _same_kpis(ours.kpis(), simpys.kpis())
+    a, b = ours.requests.frame(), simpys.requests.frame()
+    for name in a:
+        assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), name
+    assert repr(ours.intervals) == repr(simpys.intervals)
+
+
+def test_kpis_read_only_the_kpi_columns(stressed_scenario: ScenarioConfig) -> None:
+    platform = Platform(stressed_scenario)
+    platform.run()
+    tenants = stressed_scenario.workload.tenants
+    args = {
+        "tenant_names": [t.name for t in tenants],
+        "tenant_slo_s": [t.slo_latency_s for t in tenants],
+        "level_names": platform.level_names,
+        "duration_s": platform.now,
+        "replica_usd": platform.replica_usd(),
+        "storage_usd": platform.storage_usd(),
+        "replica_seconds": platform.pool.replica_seconds(),
+    }
+    everything = compute_kpis(platform.requests.frame(), **args)
+    assert _same_kpis(compute_kpis(platform.requests.frame(columns=KPI_COLUMNS), **args), everything)
 
 
 def test_seed_argument_draws_requests_in_the_scenarios_world(small_scenario: ScenarioConfig) -> None:
