@@ -23,11 +23,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 __all__ = [
     "BatchLogger",
+    "PrepareStoreCallback",
     "config_hash",
     "flatten",
     "git_commit",
@@ -173,3 +175,16 @@ class BatchLogger:
 def _chunks(items: list[Metric], size: int) -> Iterator[list[Metric]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class PrepareStoreCallback(Callback):
+    """Hydra callback: create the tracking store once, before a multirun launches its jobs.
+
+    A fresh SQLite store builds its tables on first use; two parallel jobs (the joblib
+    launcher) doing that at once race on the same migration and one fails. Touching the
+    store from the launching process first leaves the jobs nothing to create.
+    """
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        uri = tracking_uri((config.get("tracking") or {}).get("uri"))
+        MlflowClient(uri).search_experiments(max_results=1)
