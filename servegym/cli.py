@@ -69,8 +69,7 @@ def _json_safe(kpis: dict[str, dict[str, float]]) -> dict[str, dict[str, float |
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    scenario: ScenarioConfig = load_scenario(args.scenario)
-    scenario = apply_overrides(scenario, args.overrides)
+    scenario: ScenarioConfig = load_scenario(args.scenario, args.overrides)
     if args.seed is not None:
         scenario = replace(scenario, seed=args.seed)
     if args.duration is not None:
@@ -93,7 +92,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from servegym.experiments.evaluate import evaluate, format_comparison
 
-    scenario = apply_overrides(load_scenario(args.scenario), args.overrides)
+    scenario = load_scenario(args.scenario, args.overrides)
     if args.duration is not None:
         scenario = apply_overrides(scenario, [f"duration_s={args.duration}"])
     params: dict[str, dict[str, object]] = {}

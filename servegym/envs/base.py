@@ -40,7 +40,8 @@ def resolve_scenario(
     elif isinstance(scenario, Mapping):
         resolved = scenario_from_dict(scenario)
     elif isinstance(scenario, str):
-        resolved = load_scenario(scenario)
+        extra = list(overrides) + ([f"duration_s={duration_s}"] if duration_s is not None else [])
+        return load_scenario(scenario, extra)
     else:
         raise ConfigError(
             f"scenario = {scenario!r} is invalid: give a name, a YAML path, a ScenarioConfig or a mapping"

@@ -9,11 +9,12 @@ which also rejects unknown keys by their dotted path.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -599,8 +600,13 @@ def scenario_to_dict(scenario: ScenarioConfig) -> dict[str, Any]:
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "conf" / "scenario"
 
 
-def load_scenario(name_or_path: str | Path) -> ScenarioConfig:
-    """Load a shipped scenario by name (``default``) or any scenario YAML file by path."""
+def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ScenarioConfig:
+    """Load a shipped scenario by name (``default``) or any scenario YAML file by path.
+
+    ``overrides`` (``dotted.key=value``) are applied to the file's contents *before* the
+    scenario is validated, so a scenario that is incomplete on its own (``trace_replay``
+    needs ``workload.trace_path``) loads once the override supplies the missing value.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         shipped = SCENARIO_DIR / f"{name_or_path}.yaml"
@@ -611,48 +617,68 @@ def load_scenario(name_or_path: str | Path) -> ScenarioConfig:
     if not path.exists():
         raise ConfigError(f"scenario file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a scenario file must hold a mapping, not {type(data).__name__}")
     try:
-        return scenario_from_dict(data or {})
+        complete = scenario_from_dict(copy.deepcopy(data))
+    except ConfigError as exc:
+        if not overrides:
+            raise ConfigError(f"{path}: {exc}") from None
+    else:
+        return apply_overrides(complete, overrides)
+    # The file alone is incomplete: let the overrides fill it in, then validate. Unknown
+    # names still fail there, naming the key.
+    for item in overrides:
+        _set_override(data, item, create_missing=True)
+    try:
+        return scenario_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def apply_overrides(scenario: ScenarioConfig, overrides: list[str]) -> ScenarioConfig:
+def _set_override(data: dict[str, Any], item: str, create_missing: bool = False) -> None:
+    """Set ``dotted.key=value`` (value parsed as YAML) in the nested ``data`` in place."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
+    node: Any = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key}: {where} must index an existing item (0..{len(node) - 1})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node:
+                if not create_missing:
+                    raise ConfigError(f"override {key}: unknown key {where}; allowed: {', '.join(sorted(node))}")
+                node[part] = value if last else {}
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
+        else:
+            raise ConfigError(f"override {key}: {'.'.join(parts[:depth])} is a value, not a mapping")
+
+
+def apply_overrides(scenario: ScenarioConfig, overrides: Sequence[str]) -> ScenarioConfig:
     """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a scenario.
 
     List items are addressed by index: ``backends.0.capability=0.9``.
     """
     data = scenario_to_dict(scenario)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
-        node: Any = data
-        parts = key.split(".")
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override {key}: {where} must index an existing item (0..{len(node) - 1})")
-                if last:
-                    node[int(part)] = value
-                else:
-                    node = node[int(part)]
-            elif isinstance(node, dict):
-                if part not in node:
-                    raise ConfigError(f"override {key}: unknown key {where}; allowed: {', '.join(sorted(node))}")
-                if last:
-                    node[part] = value
-                else:
-                    node = node[part]
-            else:
-                raise ConfigError(f"override {key}: {'.'.join(parts[:depth])} is a value, not a mapping")
+        _set_override(data, item)
     return scenario_from_dict(data)
