@@ -367,7 +367,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir
         "servegym.kind": "compare_job",
         "servegym.policy": label,
         "servegym.scenario": scenario_name,
-        "servegym.env": str(c.get("env")),
+        "servegym.env": str(c.get("env_id")),
     }
     if parent is not None:
         tags["mlflow.parentRunId"] = parent.info.run_id
@@ -388,7 +388,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir
             raise ConfigError(f"scenario.{exc}") from exc
         scenario = apply_overrides(scenario, list(definition.scenario_overrides))
         seeds = seeds_of(c.get("seeds"))
-        env_id = str(c.get("env", "Platform-v0"))
+        env_id = str(c.get("env_id", "Platform-v0"))
         client.log_batch(
             run_id,
             params=[
@@ -574,7 +574,7 @@ def aggregate(
         written += [f for _, f in figures] + [f for figs in scenario_figures.values() for _, f in figs]
     meta = {
         "parent MLflow run": parent_id,
-        "environment": str(config.get("env")),
+        "environment": str(config.get("env_id")),
         "policies": ", ".join(map(str, config.get("policies") or [])),
         "scenarios": ", ".join(results),
         "seeds": str(seeds_of(config.get("seeds"))),
@@ -645,7 +645,7 @@ class ComparisonCallback(Callback):
                 **provenance_tags(comparison),
                 SWEEP_TAG: sweep_dir,
                 "servegym.kind": "comparison",
-                "servegym.env": str(comparison.get("env")),
+                "servegym.env": str(comparison.get("env_id")),
             },
         )
         params = flatten(comparison)

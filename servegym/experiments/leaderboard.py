@@ -58,13 +58,19 @@ def _mean(result: PolicyResult, kpi: str) -> float:
 def gap_closed(policy: PolicyResult, baseline: PolicyResult, oracle: PolicyResult, kpi: str) -> float:
     """Share of the baseline-to-oracle gap on ``kpi`` that ``policy`` closes (1 = as good as the oracle).
 
-    ``nan`` when the oracle is not better than the baseline on ``kpi``: there is no gap to close.
+    ``nan`` when the oracle is not better than the baseline on ``kpi`` — or not
+    significantly so: when the 95% interval of their paired difference contains zero, any
+    share of that gap is noise divided by noise.
     """
     base = _mean(baseline, kpi)
     gap = _mean(oracle, kpi) - base
     sign = 1.0 if higher_is_better(kpi) else -1.0
     if not math.isfinite(gap) or sign * gap <= 1e-12 * max(abs(base), 1.0):
         return math.nan
+    if len(oracle.seeds) > 1:
+        diff = paired_difference(oracle.values(kpi), baseline.values(kpi))
+        if math.isfinite(diff.half_width) and abs(diff.mean) <= diff.half_width:
+            return math.nan
     return (_mean(policy, kpi) - base) / gap
 
 

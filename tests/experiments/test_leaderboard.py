@@ -50,6 +50,10 @@ def test_gap_closed_and_its_undefined_cases() -> None:
     # Higher-is-better KPIs: an oracle with better quality defines the gap the other way.
     better = result("clairvoyant", latency_p95_s=[10.0, 10.0], quality=[0.8, 0.8])
     assert gap_closed(half, base, better, "quality") == pytest.approx(0.5)
+    # An oracle better on average but not significantly (paired differences -3, +1: the
+    # interval contains zero) defines no gap: a share of it would be noise over noise.
+    noisy = result("oracle_router", latency_p95_s=[7.0, 11.0], quality=[0.6, 0.6])
+    assert math.isnan(gap_closed(half, base, noisy, "latency_p95_s"))
 
 
 def test_pareto_set_on_cost_and_p95() -> None:
