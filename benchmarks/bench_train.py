@@ -25,6 +25,7 @@ from typing import Any
 
 import gymnasium as gym
 import mlflow
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     agent = _agent_config()
+    torch.set_num_threads(1)  # as servegym train does (torch_threads: 1), for every path measured here
     n = args.timesteps
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "mlflow.db"

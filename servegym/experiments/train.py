@@ -43,6 +43,7 @@ import gymnasium as gym
 import hydra
 import mlflow
 import numpy as np
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -179,6 +180,8 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
     else:
         raise ConfigError(f"agent.kind = {kind!r} is invalid: must be 'sb3' or 'sklearn'")
     probe.close()
+    if cfg.get("torch_threads") is not None:
+        _int(cfg, "torch_threads", 1)
     return Validated(
         scenario=scenario,
         env_id=env_id,
@@ -338,6 +341,9 @@ class _Trainer:
         return SB3Policy.from_training(self.model, self.v.agent["algo"], self.layout, self.v.env_id)
 
     def train_sb3(self, resume_from: Path | None, callbacks: Sequence[BaseCallback]) -> tuple[Policy, int]:
+        threads = self.cfg.get("torch_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
         model = self.build(resume_from)
         remaining = self.v.total_timesteps - int(model.num_timesteps)
         progress = self.cfg.get("progress_bar", "auto")
