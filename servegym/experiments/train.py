@@ -32,9 +32,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags,
 from servegym.policies import make_policy, scaling_kwargs
 from servegym.policies.base import Policy
 from servegym.sim.config import ConfigError, ScenarioConfig, scenario_from_dict
+from servegym.sim.workload import TraceError
 
 __all__ = ["TrainResult", "TrainingInterruptedError", "Validated", "app", "evaluate_in_env", "run_training", "validate"]
 
@@ -224,6 +227,22 @@ def evaluate_in_env(
     return out
 
 
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """Treat SIGTERM (``timeout``, SLURM pre-emption, Kubernetes) like Ctrl-C; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
 class _MlflowWriter(KVWriter):
     """SB3 logger output that buffers numeric values into a :class:`BatchLogger`."""
 
@@ -350,6 +369,7 @@ class _Trainer:
         show = sys.stderr.isatty() if progress == "auto" else bool(progress)
         if remaining > 0:
             try:
+                restore = _interrupt_on_sigterm()
                 model.learn(
                     remaining,
                     callback=CallbackList([_TrackingCallback(self), *callbacks]),
@@ -360,6 +380,8 @@ class _Trainer:
             except KeyboardInterrupt:
                 self.checkpoint()
                 raise TrainingInterruptedError(self.run_id, int(model.num_timesteps)) from None
+            finally:
+                restore()
         self.checkpoint()
         return self.freeze(), int(model.num_timesteps)
 
@@ -441,16 +463,26 @@ def _download_checkpoint(client: MlflowClient, run_id: str, into: Path) -> Path:
     return Path(local)
 
 
+_RESUMABLE_OVERRIDES = ("total_timesteps", "resume", "tracking.", "hydra.", "progress_bar")
+
+
 def run_training(
-    cfg: DictConfig | Mapping[str, Any], callbacks: Sequence[BaseCallback] = (), base_dir: str | Path | None = None
+    cfg: DictConfig | Mapping[str, Any],
+    callbacks: Sequence[BaseCallback] = (),
+    base_dir: str | Path | None = None,
+    resume_overrides: Sequence[str] = (),
 ) -> TrainResult:
     """Validate ``cfg``, train, evaluate and record everything in one MLflow run.
 
     ``callbacks`` are extra SB3 callbacks (for example to stop early); ``base_dir`` is the
-    directory a relative tracking URI is resolved against (default: the current one).
+    directory a relative tracking URI is resolved against (default: the current one). A
+    resumed run uses its own logged config; of ``resume_overrides`` (the command line),
+    only ``total_timesteps`` (to extend the budget), ``progress_bar`` and ``tracking.*``
+    apply, and anything else is refused rather than silently ignored.
     """
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container: dict[str, Any] = {str(k): value for k, value in raw.items()}  # type: ignore[union-attr]
+    given = dict(container)
     tracking = dict(container.get("tracking") or {})
     mlflow.set_tracking_uri(tracking_uri(tracking.get("uri"), base_dir))
     client = MlflowClient()
@@ -463,8 +495,19 @@ def run_training(
                 run = client.get_run(str(resume))
             except Exception as exc:
                 raise ConfigError(f"resume={resume}: no such MLflow run at {mlflow.get_tracking_uri()}") from exc
+            if run.info.status == "FINISHED":
+                raise ConfigError(f"resume={resume}: the run already finished; nothing to resume")
+            refused = [o for o in resume_overrides if not o.lstrip("+~").startswith(_RESUMABLE_OVERRIDES)]
+            if refused:
+                raise ConfigError(
+                    f"resume={resume} continues the run with its logged config; only total_timesteps, "
+                    f"progress_bar and tracking.* may change, not: {' '.join(refused)}"
+                )
             logged = Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(workdir)))
             container = {**yaml.safe_load(logged.read_text()), "resume": str(resume), "tracking": tracking}
+            for name in ("total_timesteps", "progress_bar"):
+                if any(o.startswith(f"{name}=") for o in resume_overrides):
+                    container[name] = given[name]
             resume_from = _download_checkpoint(client, run.info.run_id, workdir / "resume")
         v = validate(container)
         agent_name = str(v.agent.get("name", v.agent.get("algo", "agent")))
@@ -510,6 +553,13 @@ def run_training(
     return TrainResult(run_id=run_id, policy=policy, timesteps=steps, kpis=kpis)
 
 
+def _explicit_overrides() -> list[str]:
+    """The ``key=value`` overrides given on the command line of this job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
 register_configs()
 
 
@@ -517,8 +567,9 @@ register_configs()
 def app(cfg: DictConfig) -> float | None:
     """Hydra entry point of ``servegym train``; returns ``eval/objective_usd`` for sweepers such as Optuna."""
     try:
-        result = run_training(cfg, base_dir=hydra.utils.get_original_cwd())
-    except ConfigError as exc:
+        result = run_training(cfg, base_dir=hydra.utils.get_original_cwd(), resume_overrides=_explicit_overrides())
+    except (ConfigError, TraceError, ValueError) as exc:
+        # the MLflow run (if one started) is kept and marked FAILED
         print(f"servegym train: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterruptedError as exc:

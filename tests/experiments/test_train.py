@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -183,9 +184,14 @@ def test_interrupted_training_resumes_into_the_same_run(algo: str, store: str) -
     before = max(m.step for m in client.get_metric_history(run_id, "time/total_timesteps"))
     assert before <= info.value.step
 
-    resumed = run_training({"resume": run_id, "tracking": {"uri": store}})
+    with pytest.raises(ConfigError, match=r"may change, not: seed=4"):
+        run_training({"resume": run_id, "tracking": {"uri": store}}, resume_overrides=["seed=4"])
+    resumed = run_training(
+        {"resume": run_id, "tracking": {"uri": store}, "total_timesteps": 128},
+        resume_overrides=[f"resume={run_id}", "total_timesteps=128"],
+    )
     assert resumed.run_id == run_id
-    assert resumed.timesteps >= 96
+    assert resumed.timesteps >= 128  # the budget was extended on resume
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run_id, "time/total_timesteps")
@@ -194,6 +200,33 @@ def test_interrupted_training_resumes_into_the_same_run(algo: str, store: str) -
     # the step count continued from the checkpoint instead of restarting at zero
     assert min(after) > info.value.step
     assert "eval/cost_usd" in run.data.metrics
+
+
+class _Terminate(BaseCallback):
+    """Sends this process SIGTERM (as ``timeout``, SLURM or Kubernetes would) at ``at`` steps."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+
+def test_sigterm_checkpoints_like_ctrl_c_and_a_finished_run_is_not_resumed(store: str) -> None:
+    overrides = ["agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}", "total_timesteps=96"]
+    with pytest.raises(TrainingInterruptedError) as info:
+        run_training(_compose(*overrides), callbacks=[_Terminate(at=40)])
+    client = MlflowClient(store)
+    assert client.get_run(info.value.run_id).info.status == "KILLED"
+    paths = {a.path for a in client.list_artifacts(info.value.run_id, "checkpoints/latest")}
+    assert "checkpoints/latest/model.zip" in paths
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is undone
+    done = run_training({"resume": info.value.run_id, "tracking": {"uri": store}})
+    with pytest.raises(ConfigError, match="already finished"):
+        run_training({"resume": done.run_id, "tracking": {"uri": store}})
 
 
 def test_resume_of_unknown_run_is_a_clear_error(store: str) -> None:
