@@ -18,6 +18,7 @@ also available by short name::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -92,4 +93,10 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
         factory = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))}") from None
+    accepted = set(inspect.signature(factory).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"policy {name!r} has no argument {unknown[0]!r}; it accepts: {', '.join(sorted(accepted))}"
+        )
     return factory(**kwargs)

@@ -245,3 +245,12 @@ def test_a_policy_decides_the_same_in_an_environment_and_in_the_controller(small
     direct = Platform(small_scenario, PolicyController(routing=jsq), seed=routing.platform.seed)
     assert same_kpis(direct.run(), in_env)
     assert np.array_equal(direct.requests.frame()["backend"], routing.platform.requests.frame()["backend"])
+
+
+def test_make_policy_names_an_unknown_argument() -> None:
+    import pytest
+
+    from servegym.policies import make_policy
+
+    with pytest.raises(ValueError, match=r"policy 'hpa' has no argument 'target_util'; it accepts: .*"):
+        make_policy("hpa", target_util=0.5)
