@@ -8,6 +8,17 @@ bundle for a backend. In ``control`` mode the decisions are applied; in ``shadow
 the service keeps its fallback (fixed replicas, round robin) and logs what the policy
 would have done, which is how a new policy earns trust before it takes over.
 
+Every control interval logs one JSON line: the interval's features, the scaling
+decision, and the interval's routing decisions aggregated (per backend, what was
+applied, how often policy and applied choice agreed) with a random sample of
+per-request routing decisions and the features they saw (``--routing-sample`` per
+interval). The lines go to stderr, or to ``--log-file``; the summary goes to stdout.
+
+At start-up the service checks that each bundle is intact (its runtime's sha256, then
+every file through the runtime), that the scaling bundle decides a replica count and
+the routing bundle a backend, and that every feature they read is one the service
+measures; otherwise it exits with status 2 and a one-line error.
+
 The service imports each bundle's own ``servegym_runtime.py``: servegym need not be
 installed where it runs. ::
 
@@ -20,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib.util
 import json
 import logging
 import math
 import random
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -33,16 +47,120 @@ from typing import Any
 
 log = logging.getLogger("agent_service")
 
+INTERVAL_FEATURES = (
+    "arrival_rate_rps",
+    "queue_len",
+    "utilisation",
+    "ready_replicas",
+    "provisioning_replicas",
+    "draining_replicas",
+    "target_replicas",
+    "latency_p50_s",
+    "latency_p95_s",
+    "slo_violation_rate",
+    "hit_rate",
+    "semantic_threshold",
+    "time_of_day_sin",
+    "time_of_day_cos",
+)
+"""The features the service measures every control interval (servegym's interval layout)."""
 
-def load_bundle(directory: str | Path) -> Any:
-    """The bundle in ``directory``, loaded (and hash-verified) by the runtime module it ships."""
+ROUTING_REQUEST_FEATURES = ("log_prompt_tokens", "difficulty", "queue_len")
+ROUTING_BACKEND_PREFIXES = ("busy_", "capability_", "usd_per_mtok_out_")
+"""Per request the service measures these, ``tenant_<t>`` one-hot, and per backend ``<prefix><backend>``."""
+
+
+class SetupError(Exception):
+    """A bundle the service must not start with: missing, tampered, or not the decision it is given for."""
+
+
+def load_bundle(directory: str | Path, flag: str = "bundle") -> Any:
+    """The bundle in ``directory``, loaded (and hash-verified) by the runtime module it ships.
+
+    Raises :class:`SetupError` (naming ``flag``) when the directory or its runtime is
+    missing, the runtime's sha256 differs from ``spec.json``'s, or the runtime refuses
+    the bundle (its ``BundleError``: a missing or tampered file).
+    """
     root = Path(directory)
-    spec = importlib.util.spec_from_file_location(f"servegym_runtime_{root.name}", root / "servegym_runtime.py")
+    runtime_file = root / "servegym_runtime.py"
+    if not root.is_dir():
+        raise SetupError(f"{flag} {root}: no such directory; write one with `servegym export ... out={root}`")
+    if not runtime_file.is_file() or not (root / "spec.json").is_file():
+        raise SetupError(
+            f"{flag} {root}: not a bundle (no servegym_runtime.py or spec.json); is it from `servegym export`?"
+        )
+    # The runtime verifies every file, itself included, but only once it runs: check it before importing it.
+    try:
+        recorded = json.loads((root / "spec.json").read_text(encoding="utf-8"))["files"]["servegym_runtime.py"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SetupError(
+            f"{flag} {root}: spec.json is unreadable or lists no runtime ({exc}); export it again"
+        ) from None
+    actual = hashlib.sha256(runtime_file.read_bytes()).hexdigest()
+    if actual != recorded:
+        raise SetupError(
+            f"{flag} {root}: tampered, servegym_runtime.py's sha256 does not match spec.json; export it again"
+        )
+    spec = importlib.util.spec_from_file_location(f"servegym_runtime_{root.name}", runtime_file)
     if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"{root}: no servegym_runtime.py; is this a bundle from `servegym export`?")
+        raise SetupError(f"{flag} {root}: cannot import servegym_runtime.py")
     module: ModuleType = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.load(root)
+    try:
+        return module.load(root)
+    except module.BundleError as exc:
+        raise SetupError(f"{flag} {root}: {exc}") from None
+
+
+def decision_of(bundle: Any) -> str:
+    """What a bundle decides: ``scaling`` (a replica count), ``routing`` (a backend), or what else it decides."""
+    action = bundle.spec.get("action") or {}
+    components = [str(c.get("name")) for c in action.get("components") or [] if isinstance(c, dict)]
+    meaning = [str(m) for m in action.get("meaning") or []]
+    if components == ["target_replicas"] or (
+        not components and len(meaning) == 1 and meaning[0].startswith("target replica count")
+    ):
+        return "scaling"
+    if components == ["backend"] or (
+        not components and len(meaning) == 1 and meaning[0].startswith("index of the model backend")
+    ):
+        return "routing"
+    what = " + ".join(components) if components else "; ".join(meaning) or f"a {action.get('type')} action"
+    return f"something else ({what})"
+
+
+def routing_features(names: Any) -> tuple[list[str], list[str], set[str]]:
+    """The backends and tenants a routing bundle's features name, and every feature the service then provides."""
+    backends = [n.removeprefix("busy_") for n in names if n.startswith("busy_")] or ["default"]
+    tenants = [n.removeprefix("tenant_") for n in names if n.startswith("tenant_")] or ["default"]
+    provided = set(ROUTING_REQUEST_FEATURES) | {f"tenant_{t}" for t in tenants}
+    provided |= {p + b for p in ROUTING_BACKEND_PREFIXES for b in backends}
+    return backends, tenants, provided
+
+
+def check_bundles(
+    scaling: Any, routing: Any | None, scaling_flag: str = "--scaling", routing_flag: str = "--routing"
+) -> None:
+    """Refuse (:class:`SetupError`) bundles given for the wrong decision, or reading features the service lacks."""
+    for bundle, flag, want in ((scaling, scaling_flag, "scaling"), (routing, routing_flag, "routing")):
+        if bundle is None:
+            continue
+        got = decision_of(bundle)
+        if got != want:
+            other = routing_flag if want == "scaling" else scaling_flag
+            hint = f"; did you swap {scaling_flag} and {routing_flag}?" if got in ("scaling", "routing") else ""
+            raise SetupError(
+                f"{flag} {bundle.root}: this bundle decides {got} (policy {bundle.kind!r}), not {want}{hint}"
+                if got in ("scaling", "routing")
+                else f"{flag} {bundle.root}: this bundle decides {got} (policy {bundle.kind!r}), not {want}; "
+                f"{flag} takes a {want} policy (and {other} a {'routing' if want == 'scaling' else 'scaling'} one)"
+            )
+        provided = set(INTERVAL_FEATURES) if want == "scaling" else routing_features(bundle.feature_names)[2]
+        missing = [n for n in bundle.feature_names if n not in provided]
+        if missing:
+            raise SetupError(
+                f"{flag} {bundle.root}: the policy reads feature(s) this service does not measure: {', '.join(missing)}"
+            )
 
 
 @dataclass
@@ -66,6 +184,8 @@ class Stats:
     busy_slot_s: float = 0.0
     scaling_decisions: list[int] = field(default_factory=list)
     routing_decisions: list[int] = field(default_factory=list)
+    routing_applied: list[int] = field(default_factory=list)
+    routing_sample: list[dict[str, Any]] = field(default_factory=list)
     served: int = 0
 
 
@@ -84,15 +204,20 @@ class AgentService:
         cold_start_s: float = 0.5,
         slo_s: float = 0.5,
         seed: int = 0,
+        routing_sample: int = 5,
     ) -> None:
         if mode not in ("control", "shadow"):
             raise ValueError(f"mode={mode!r} must be control or shadow")
+        check_bundles(scaling, routing)
         self.scaling, self.routing, self.mode = scaling, routing, mode
         self.interval_s, self.slots_per_replica = interval_s, slots_per_replica
         self.cold_start_s, self.slo_s = cold_start_s, slo_s
         self.rng = random.Random(seed)
+        self.sample_rng = random.Random(seed + 1)  # its own stream: sampling does not change the load
+        self.routing_sample = routing_sample
+        self.routed = 0  # routing decisions this interval, for the reservoir sample
         names = routing.feature_names if routing is not None else ()
-        backend_names = [n.removeprefix("busy_") for n in names if n.startswith("busy_")] or ["default"]
+        backend_names, tenants, _ = routing_features(names)
         self.backends = [
             Backend(
                 name,
@@ -102,7 +227,7 @@ class AgentService:
             )
             for k, name in enumerate(backend_names)
         ]
-        self.tenants = [n.removeprefix("tenant_") for n in names if n.startswith("tenant_")] or ["default"]
+        self.tenants = tenants
         self.queue: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue(maxsize=500)
         self.ready = 0
         self.provisioning = 0
@@ -170,9 +295,35 @@ class AgentService:
                 f"capability_{b.name}": b.capability,
                 f"usd_per_mtok_out_{b.name}": b.usd_per_mtok_out,
             }
-        choice = int(self.routing.decide({n: features[n] for n in self.routing.feature_names}))
+        observation = {n: features[n] for n in self.routing.feature_names}
+        choice = int(self.routing.decide(observation))
+        applied = choice if self.mode == "control" else fallback
         self.stats.routing_decisions.append(choice)
-        return choice if self.mode == "control" else fallback
+        self.stats.routing_applied.append(applied)
+        # A uniform sample of the interval's decisions (reservoir sampling), with what the policy saw.
+        self.routed += 1
+        record = {"features": observation, "routing_decision": choice, "applied": applied}
+        sample = self.stats.routing_sample
+        if len(sample) < self.routing_sample:
+            sample.append(record)
+        elif self.routing_sample > 0:
+            k = self.sample_rng.randrange(self.routed)
+            if k < self.routing_sample:
+                sample[k] = record
+        return applied
+
+    def routing_summary(self) -> dict[str, Any]:
+        """The interval's routing decisions: per backend as the policy chose and as applied, agreement, a sample."""
+        s = self.stats
+        names = [b.name for b in self.backends]
+        agreed = sum(c == a for c, a in zip(s.routing_decisions, s.routing_applied, strict=True))
+        return {
+            "decisions": len(s.routing_decisions),
+            "policy_by_backend": {names[k]: n for k, n in sorted(Counter(s.routing_decisions).items())},
+            "applied_by_backend": {names[k]: n for k, n in sorted(Counter(s.routing_applied).items())},
+            "agreement": agreed / len(s.routing_decisions) if s.routing_decisions else None,
+            "sample": s.routing_sample,
+        }
 
     # -- control -----------------------------------------------------------------------
 
@@ -206,11 +357,16 @@ class AgentService:
         decision = int(self.scaling.decide({n: features[n] for n in self.scaling.feature_names}))
         self.total.scaling_decisions.append(decision)
         self.total.routing_decisions += self.stats.routing_decisions
+        self.total.routing_applied += self.stats.routing_applied
         self.total.served += self.stats.served
-        log.info(json.dumps({"mode": self.mode, "features": features, "scaling_decision": decision}))
+        entry: dict[str, Any] = {"mode": self.mode, "features": features, "scaling_decision": decision}
+        if self.routing is not None:
+            entry["routing"] = self.routing_summary()
+        log.info(json.dumps(entry))
         if self.mode == "control":
             self.scale_to(max(1, decision))
         self.stats = Stats()
+        self.routed = 0
         return decision
 
     def scale_to(self, replicas: int) -> None:
@@ -263,28 +419,46 @@ class AgentService:
         self._tasks, self.replicas = [], []
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--scaling", required=True, help="bundle directory of a scaling policy")
     parser.add_argument("--routing", default=None, help="bundle directory of a routing policy")
     parser.add_argument("--mode", choices=["control", "shadow"], default="shadow")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds to serve")
     parser.add_argument("--interval", type=float, default=1.0, help="control interval in seconds")
     parser.add_argument("--rate", type=float, default=50.0, help="calm arrival rate, requests/s")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser.add_argument(
+        "--routing-sample",
+        type=int,
+        default=5,
+        help="per-request routing decisions logged per interval (a random sample)",
+    )
+    parser.add_argument("--log-file", default=None, help="write the decision log (JSON lines) here instead of stderr")
+    args = parser.parse_args(argv)
+    try:
+        scaling = load_bundle(args.scaling, "--scaling")
+        routing = load_bundle(args.routing, "--routing") if args.routing else None
+        check_bundles(scaling, routing)
+    except SetupError as exc:
+        print(f"agent_service: error: {exc}", file=sys.stderr)
+        return 2
+    handler: logging.Handler = (
+        logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     service = AgentService(
-        load_bundle(args.scaling),
-        load_bundle(args.routing) if args.routing else None,
-        mode=args.mode,
-        interval_s=args.interval,
+        scaling, routing, mode=args.mode, interval_s=args.interval, routing_sample=max(0, args.routing_sample)
     )
     total = asyncio.run(service.run(args.duration, args.rate, 4 * args.rate))
     print(
         f"{args.mode}: served {total.served} requests; {len(total.scaling_decisions)} scaling decisions "
         f"(last {total.scaling_decisions[-1:]}), {len(total.routing_decisions)} routing decisions"
+        + (f"; decision log in {args.log_file}" if args.log_file else "")
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

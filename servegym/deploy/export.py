@@ -6,8 +6,11 @@ servegym produces and writes:
 
 * ``spec.json``: the observation features in order with units and valid ranges, the
   policy's kind and parameters (VecNormalize statistics included), the meaning of each
-  action, the ONNX graph's interface, provenance (MLflow run, config hash, servegym
-  version, evaluation KPIs) and the sha256 of every other file, its own digest last;
+  action and, when the action is an environment's, its grids (``action.components``:
+  replica counts, backends, cache levels, Platform-v0's routing margins, the semantic
+  thresholds, with ``action.nvec`` and ``action.grid_source``; see :func:`action_grid`),
+  the ONNX graph's interface, provenance (MLflow run, config hash, servegym version,
+  evaluation KPIs) and the sha256 of every other file, its own digest last;
 * ``weights.npz``: network layers, linear coefficients or tree arrays (never pickle);
 * ``policy.onnx``: the same policy as an ONNX graph, exported from the torch modules
   themselves (networks) or by skl2onnx (scikit-learn models). Heuristics have none:
@@ -54,8 +57,10 @@ from servegym.policies.scaling import HPA, KPA, ScheduledScaling, StaticScaling,
 
 __all__ = [
     "ACTION_MEANINGS",
+    "UNKNOWN",
     "ExportError",
     "FeatureLayout",
+    "action_grid",
     "export_heuristic",
     "export_policy",
     "export_sb3",
@@ -89,15 +94,18 @@ ACTION_MEANINGS: dict[str, list[str]] = {
     "servegym/Routing-v0": ["index of the model backend that serves the request"],
     "servegym/Caching-v0": [
         "admission: 0 stores nothing, k stores the answer in cache level k-1 and every slower level",
-        "index into the environment's semantic-threshold grid",
+        "index into the environment's semantic-threshold grid (action.components[1].values)",
     ],
     "servegym/Platform-v0": [
         "target replica count (below pool.min_replicas is invalid and masked)",
-        "index into the environment's routing-margin grid",
-        "index into the environment's semantic-threshold grid",
+        "index into the environment's routing-margin grid (action.components[1].values)",
+        "index into the environment's semantic-threshold grid (action.components[2].values)",
     ],
 }
 """What each component of each environment's action means, for ``spec.json``."""
+
+UNKNOWN = "unknown"
+"""The value ``spec.json`` writes for a grid size or grid values nobody recorded (see ``action.grid_source``)."""
 
 _UNITS_EXACT = {
     "arrival_rate_rps": "requests/s",
@@ -192,10 +200,194 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# ---------------------------------------------------------------------------------------
+# Action grids: what an action index stands for (replica counts, backends, cache levels,
+# routing margins, semantic thresholds), so a service can act on a bundle's decision.
+
+
+def _replicas(max_replicas: int | None, min_replicas: int | None) -> dict[str, Any]:
+    if max_replicas is None:
+        return {"name": "target_replicas", "unit": "replicas", "n": UNKNOWN, "values": UNKNOWN}
+    low: int | str = UNKNOWN if min_replicas is None else min_replicas
+    return {
+        "name": "target_replicas",
+        "unit": "replicas",
+        "n": max_replicas + 1,
+        "values": list(range(max_replicas + 1)),
+        "valid_range": [low, max_replicas],
+    }
+
+
+def _grid(name: str, unit: str, values: Sequence[Any] | None) -> dict[str, Any]:
+    if values is None:
+        return {"name": name, "unit": unit, "n": UNKNOWN, "values": UNKNOWN}
+    return {"name": name, "unit": unit, "n": len(values), "values": list(values)}
+
+
+def action_grid(env: Any) -> dict[str, Any]:
+    """The action grid of a servegym environment (an instance, wrapped or not), for ``spec.json``.
+
+    One component per action component: ``name``, ``n`` (its size) and ``values`` (what
+    each index stands for: replica counts, backend names, cache levels, routing margins
+    of Platform-v0's ``margins``, semantic thresholds of the env's ``thresholds``).
+    """
+    from servegym.envs import AutoscalingEnv, CachingEnv, PlatformControlEnv, RoutingEnv
+
+    base = getattr(env, "unwrapped", env)
+    scenario = base.scenario
+    pool = scenario.pool
+    replicas = _replicas(int(pool.max_replicas), int(pool.min_replicas))
+    where = f"the environment (scenario {scenario.name!r})"
+    if isinstance(base, PlatformControlEnv):
+        env_id = "servegym/Platform-v0"
+        components = [
+            replicas,
+            _grid("routing_margin", "capability", base.margins),
+            _grid("semantic_threshold", "cosine similarity", base.thresholds),
+        ]
+    elif isinstance(base, CachingEnv):
+        env_id = "servegym/Caching-v0"
+        levels = [n.removeprefix("fill_") for n in base.admission.names if n.startswith("fill_")]
+        components = [
+            _grid("admission", "cache level written from (none: not cached)", ["none", *levels]),
+            _grid("semantic_threshold", "cosine similarity", base.thresholds),
+        ]
+    elif isinstance(base, RoutingEnv):
+        env_id = "servegym/Routing-v0"
+        components = [_grid("backend", "model backend", [b.name for b in scenario.backends])]
+    elif isinstance(base, AutoscalingEnv):
+        env_id = "servegym/Autoscaling-v0"
+        components = [replicas]
+    else:
+        raise ExportError(f"action_grid: {type(base).__name__} is not a servegym environment")
+    return {"env_id": env_id, "components": components, "source": where}
+
+
+def _assumed_grid(env_id: str, layout: FeatureLayout, action: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The grid of ``env_id`` as far as the policy itself tells: its features and action size, the env's defaults.
+
+    For a policy exported without its environment (a policy directory, ``export_policy``
+    with only ``env_id``): replica counts from the feature bounds or the action size,
+    backends and cache levels from feature names, routing margins and semantic
+    thresholds from the environment's default grids when the action size agrees with
+    them; anything else is written as ``"unknown"``.
+    """
+    from servegym.envs.caching import DEFAULT_THRESHOLDS
+    from servegym.envs.platform_env import DEFAULT_MARGINS
+
+    names = list(layout.names)
+    sizes = action.get("nvec") if action.get("type") == "multi_discrete" else [action.get("n")]
+    sizes = list(sizes) if isinstance(sizes, list) else []
+
+    def size(k: int) -> int | None:
+        return sizes[k] if k < len(sizes) and isinstance(sizes[k], int) else None
+
+    def defaults(k: int, grid: Sequence[float]) -> Sequence[float] | None:
+        n = size(k)
+        return grid if n is None or n == len(grid) else None
+
+    max_replicas: int | None = None
+    if size(0) is not None and env_id in ("servegym/Autoscaling-v0", "servegym/Platform-v0"):
+        max_replicas = int(size(0)) - 1  # type: ignore[arg-type]
+    elif "target_replicas" in names:
+        high = float(np.asarray(layout.high, dtype=np.float64)[names.index("target_replicas")])
+        max_replicas = int(high) if math.isfinite(high) and high == int(high) else None
+    valid = action.get("valid_range")
+    min_replicas = int(valid[0]) if isinstance(valid, list) and valid and isinstance(valid[0], int) else None
+    replicas = _replicas(max_replicas, min_replicas)
+    levels = [n.removeprefix("fill_") for n in names if n.startswith("fill_")]
+    backends = [n.removeprefix("busy_") for n in names if n.startswith("busy_")]
+    if env_id == "servegym/Platform-v0":
+        components = [
+            replicas,
+            _grid("routing_margin", "capability", defaults(1, DEFAULT_MARGINS)),
+            _grid("semantic_threshold", "cosine similarity", defaults(2, DEFAULT_THRESHOLDS)),
+        ]
+    elif env_id == "servegym/Caching-v0":
+        components = [
+            _grid("admission", "cache level written from (none: not cached)", ["none", *levels] if levels else None),
+            _grid("semantic_threshold", "cosine similarity", defaults(1, DEFAULT_THRESHOLDS)),
+        ]
+    elif env_id == "servegym/Routing-v0":
+        components = [_grid("backend", "model backend", backends or None)]
+    elif env_id == "servegym/Autoscaling-v0":
+        components = [replicas]
+    else:
+        return None
+    return {
+        "env_id": env_id,
+        "components": components,
+        "source": (
+            f"assumed: {env_id}'s default routing-margin and semantic-threshold grids, replica counts from the "
+            "action size or the target_replicas bound, backends and cache levels from the feature names; the "
+            "environment's arguments and scenario were not given to the exporter (export from the MLflow run, "
+            f"or pass grid=action_grid(env), for exact grids); components written {UNKNOWN!r} are not known"
+        ),
+    }
+
+
+def _apply_grid(action: dict[str, Any], grid: Mapping[str, Any] | None, env_id: str | None) -> None:
+    """Write ``grid``'s components into ``action`` when the action is the environment's own.
+
+    An action that is not the environment's (an admission policy's single choice for
+    Caching-v0, a continuous threshold) keeps its own description. Multi-discrete
+    actions get their ``nvec`` filled; a size the policy and the grid disagree on is an
+    :class:`ExportError`.
+    """
+    kind = action.get("type")
+    if grid is None:
+        if kind == "multi_discrete":
+            nvec = action.get("nvec") or [None] * len(action.get("values") or [])
+            action["nvec"] = [n if isinstance(n, int) else UNKNOWN for n in nvec]
+            action["grid_source"] = (
+                f"{UNKNOWN}: the environment was not given to the exporter (env_id={env_id!r}); "
+                "the action components' grids are not recorded"
+            )
+        return
+    components = [dict(c) for c in grid["components"]]
+    if kind == "multi_discrete":
+        given = action.get("nvec") or [None] * len(action.get("values") or [])
+    elif kind == "discrete":
+        given = [action.get("n")]
+    else:
+        return
+    if len(given) != len(components) or (kind == "discrete") != (len(components) == 1):
+        return
+    for n, component in zip(given, components, strict=True):
+        if isinstance(n, int) and isinstance(component["n"], int) and n != component["n"]:
+            raise ExportError(
+                f"the policy's action component {component['name']!r} has {n} choices, but {grid['env_id']} "
+                f"({grid['source']}) has {component['n']}: the policy was trained on another configuration"
+            )
+        if isinstance(n, int) and component["n"] == UNKNOWN:
+            component["n"] = n
+    if kind == "multi_discrete":
+        action["nvec"] = [c["n"] for c in components]
+    elif not isinstance(action.get("n"), int) and isinstance(components[0]["n"], int):
+        action["n"] = components[0]["n"]
+    action["components"] = components
+    action["grid_source"] = grid["source"]
+
+
 def _write_bundle(
-    out: str | Path, layout: FeatureLayout, export: _Export, provenance: Mapping[str, Any] | None, overwrite: bool
+    out: str | Path,
+    layout: FeatureLayout,
+    export: _Export,
+    provenance: Mapping[str, Any] | None,
+    overwrite: bool,
+    *,
+    env_id: str | None = None,
+    grid: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``export`` as a bundle in ``out`` (atomically: a temporary sibling, then a rename)."""
+    """Write ``export`` as a bundle in ``out`` (atomically: a temporary sibling, then a rename).
+
+    ``grid`` (:func:`action_grid`) describes the environment's action; without it, an
+    ``env_id`` gives the grid as far as the policy tells (:func:`_assumed_grid`).
+    """
+    env_id = env_id or (str(grid["env_id"]) if grid is not None else None)
+    if grid is None and env_id:
+        grid = _assumed_grid(env_id, layout, export.action)
+    _apply_grid(export.action, grid, env_id)
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise ExportError(f"{target} exists and is not empty; choose another directory or pass overwrite=True")
@@ -376,9 +568,14 @@ def export_heuristic(
     *,
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    env_id: str | None = None,
+    grid: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle for a heuristic of :mod:`servegym.policies` (its tuned parameters)."""
-    return _write_bundle(out, policy.layout, _heuristic(policy), provenance, overwrite)
+    """Write a bundle for a heuristic of :mod:`servegym.policies` (its tuned parameters).
+
+    ``grid`` / ``env_id``: the environment whose action grid to record (see :func:`export_policy`).
+    """
+    return _write_bundle(out, policy.layout, _heuristic(policy), provenance, overwrite, env_id=env_id, grid=grid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -567,6 +764,7 @@ def export_sb3(
     provenance: Mapping[str, Any] | None = None,
     onnx: bool = True,
     overwrite: bool = False,
+    grid: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle for a stable-baselines3 model's deterministic action.
 
@@ -576,6 +774,7 @@ def export_sb3(
     """
     import torch
 
+    env_id = env_id or (str(grid["env_id"]) if grid is not None else None)
     algo = _algo_name(model)
     obs_space = model.observation_space
     if len(obs_space.shape) != 1 or obs_space.shape[0] != len(layout.names):
@@ -649,7 +848,7 @@ def export_sb3(
         }
     else:
         export.onnx_info = {"reason": "not requested (onnx=False)"}
-    return _write_bundle(out, layout, export, provenance, overwrite)
+    return _write_bundle(out, layout, export, provenance, overwrite, env_id=env_id, grid=grid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1124,7 +1323,7 @@ def _caching_env_export(policy: Any) -> _Export:
         },
         action={
             "type": "multi_discrete",
-            # The threshold grid is the environment's: its size is not part of the policy.
+            # The threshold grid is the environment's: its size comes from action_grid (or is unknown).
             "nvec": [_admission_action(inner_layout)["n"], None],
             "meaning": ACTION_MEANINGS["servegym/Caching-v0"],
             "threshold_index": policy.threshold_index,
@@ -1269,6 +1468,7 @@ def export_policy(
     provenance: Mapping[str, Any] | None = None,
     onnx: bool = True,
     overwrite: bool = False,
+    grid: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle for any policy servegym trains or tunes; returns the bundle directory.
 
@@ -1276,8 +1476,24 @@ def export_policy(
     ``epsilon`` and ``discrete_n``, as :class:`servegym.agents.sb3.SB3Policy`) export
     their network, heuristics their parameters, and scikit-learn estimators with a
     ``layout`` their model.
+
+    ``grid`` (``action_grid(env)``) records the environment's action grid in
+    ``spec.json``'s ``action.components`` (replica counts, backends, cache levels,
+    routing margins, semantic thresholds) and fills ``action.nvec``, when the policy's
+    action is that environment's. Without it, ``env_id`` (or an SB3 policy's own
+    ``env_id``, or Caching-v0 for a ``CachingEnvPolicy``) gives the grid as far as the
+    policy tells, with the environment's default grids, and says so in
+    ``action.grid_source``; what nobody knows is written ``"unknown"``.
     """
     from stable_baselines3.common.base_class import BaseAlgorithm
+
+    from servegym.agents.admission import CachingEnvPolicy
+
+    if grid is not None:
+        env_id = str(grid["env_id"])
+    env_id = env_id or getattr(policy, "env_id", None) or None
+    if env_id is None and isinstance(policy, CachingEnvPolicy):
+        env_id = "servegym/Caching-v0"
 
     model = getattr(policy, "model", None)
     if isinstance(model, BaseAlgorithm):
@@ -1293,6 +1509,7 @@ def export_policy(
             provenance=provenance,
             onnx=onnx,
             overwrite=overwrite,
+            grid=grid,
         )
     if isinstance(policy, BaseAlgorithm):
         raise ExportError(
@@ -1303,9 +1520,9 @@ def export_policy(
     if learned is not None:
         if not onnx and learned.onnx is not None:
             learned.onnx, learned.onnx_info = None, {"reason": "not requested (onnx=False)"}
-        return _write_bundle(out, policy.layout, learned, provenance, overwrite)
+        return _write_bundle(out, policy.layout, learned, provenance, overwrite, env_id=env_id, grid=grid)
     try:
-        return export_heuristic(policy, out, provenance=provenance, overwrite=overwrite)
+        return export_heuristic(policy, out, provenance=provenance, overwrite=overwrite, env_id=env_id, grid=grid)
     except ExportError as exc:
         if not str(exc).startswith("no exporter"):
             raise

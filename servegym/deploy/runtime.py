@@ -12,6 +12,7 @@ SimPy, MLflow or scikit-learn::
     replicas = policy.decide({"utilisation": 0.82, ...})   # or a float vector in spec order
     actions = policy.decide_batch(observations)    # (n, n_features) -> (n,) or (n, k)
     policy.reset()                                 # stateful policies: a new episode
+    policy.action_values(action)                   # {"target_replicas": 12, "routing_margin": 0.1, ...}
 
 A bundle is a directory: ``spec.json`` (features, normalisation, action meaning,
 policy parameters, provenance, and the sha256 of every other file; its own digest is
@@ -289,6 +290,58 @@ class Bundle:
     def reset(self) -> None:
         """Forget the windows, counters and random state of a stateful policy (a new episode)."""
         self._policy.reset()
+
+    # -- what an action means ----------------------------------------------------------
+
+    @property
+    def action_components(self) -> tuple[str, ...]:
+        """The names of the action's components (``spec["action"]["components"]``), empty when not recorded."""
+        components = self.spec.get("action", {}).get("components") or []
+        return tuple(str(c.get("name")) for c in components if isinstance(c, Mapping))
+
+    def action_values(self, action: Any) -> dict[str, Any]:
+        """What ``action`` (as :meth:`decide` returns it) stands for, by component name.
+
+        Each index is looked up in the environment's grid recorded in ``spec.json``
+        (``action.components[k].values``): ``target_replicas`` gives a replica count,
+        ``backend`` a backend name, ``admission`` a cache level (``"none"``: do not
+        cache), ``routing_margin`` a Platform-v0 routing margin and ``semantic_threshold``
+        a cosine-similarity threshold. For example a Platform-v0 bundle's ``[12, 3, 5]``
+        becomes ``{"target_replicas": 12, "routing_margin": 0.0, "semantic_threshold": 0.9}``.
+
+        Raises :class:`BundleError` when the bundle records no grid or a component's grid
+        is ``"unknown"`` (``action.grid_source`` says why), ``ValueError`` for an index
+        outside the grid or an action of the wrong length.
+        """
+        spec_action = self.spec.get("action", {})
+        components = spec_action.get("components")
+        if not isinstance(components, list) or not components:
+            raise BundleError(
+                "spec.json records no action grid (action.components): the bundle was exported without its "
+                f"environment, or its action ({spec_action.get('type')!r}) is not an environment's action"
+            )
+        try:
+            indices = [int(a) for a in np.asarray(action).reshape(-1).tolist()]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"action {action!r} is not a vector of integer indices ({exc})") from None
+        if len(indices) != len(components):
+            raise ValueError(
+                f"action {action!r} has {len(indices)} component(s), the grid has {len(components)}: "
+                f"{', '.join(str(c.get('name')) for c in components)}"
+            )
+        values: dict[str, Any] = {}
+        for k, component in zip(indices, components, strict=True):
+            name = str(component.get("name"))
+            grid = component.get("values")
+            if not isinstance(grid, list):
+                raise BundleError(
+                    f"spec.json: the grid of action component {name!r} is {grid!r} "
+                    f"({spec_action.get('grid_source', 'no grid_source')})"
+                )
+            if not 0 <= k < len(grid):
+                raise ValueError(f"action component {name!r} is {k}, outside its grid of {len(grid)} value(s)")
+            values[name] = grid[k]
+        return values
 
 
 def _as_array(value: Any) -> np.ndarray:

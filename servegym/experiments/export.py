@@ -8,7 +8,15 @@ The source (``run=``) is one of:
   commit, environment, agent, scenario, ``eval/*`` KPIs);
 * a local policy directory (written by :func:`servegym.agents.io.save_policy`);
 * ``heuristic:<name>`` with ``params`` and ``scenario``: a tuned heuristic of
-  :data:`servegym.policies.POLICIES`, built for that scenario.
+  :data:`servegym.policies.POLICIES`, built for that scenario (``scenario`` is the config
+  group of ``servegym train``: ``scenario=multi_tenant``, ``scenario.pool.max_replicas=40``).
+
+``spec.json``'s ``action.components`` records the environment's action grid (replica
+counts, backends, cache levels, Platform-v0's routing margins, the semantic thresholds)
+and ``action.nvec`` its sizes: from the scenario for a heuristic, from the run's logged
+config (scenario and ``env.kwargs``) for an MLflow run, and from the policy's own
+features and the environment's default grids for a policy directory (``grid_source``
+says which).
 
 The bundle is written to ``out`` (see :mod:`servegym.deploy.export`). A policy from an
 MLflow run is also logged into that run as a pyfunc model (``mlflow.log_model``),
@@ -31,6 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from servegym.deploy.export import ExportError, export_policy
 from servegym.deploy.runtime import BundleError
+from servegym.experiments.schema import register_configs
+from servegym.sim.config import ScenarioConfig
 
 __all__ = ["ExportResult", "app", "export_source"]
 
@@ -51,19 +61,50 @@ class ExportResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _heuristic(name: str, params: Mapping[str, Any], scenario_name: str) -> tuple[Any, str]:
-    """A heuristic built for ``scenario_name``'s pool, backends and caches, and its decision's env id."""
+def _scenario(scenario: str | Mapping[str, Any] | ScenarioConfig) -> ScenarioConfig:
+    """A scenario from a shipped name or YAML path, a composed config mapping, or itself."""
+    from servegym.sim.config import ConfigError, load_scenario, scenario_from_dict
+
+    if isinstance(scenario, ScenarioConfig):
+        return scenario
+    try:
+        if isinstance(scenario, Mapping):
+            return scenario_from_dict(scenario)
+        return load_scenario(scenario)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        where = f"scenario={scenario}" if isinstance(scenario, str) else "scenario"
+        raise ExportError(f"{where}: {exc}") from None
+
+
+def _grid(env_id: str, scenario: ScenarioConfig, env_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The action grid of ``env_id`` on ``scenario`` (None when the env cannot be built there)."""
+    import gymnasium as gym
+
+    import servegym.envs  # noqa: F401 - registers the environments
+    from servegym.deploy.export import action_grid
+    from servegym.sim.config import ConfigError
+
+    try:
+        env = gym.make(env_id, scenario=scenario, **dict(env_kwargs or {}))
+    except (ConfigError, TypeError, ValueError, gym.error.Error):
+        return None  # e.g. Caching-v0 on a scenario without caches: the policy's action is not the env's anyway
+    try:
+        grid = action_grid(env)
+    finally:
+        env.close()
+    return grid
+
+
+def _heuristic(
+    name: str, params: Mapping[str, Any], scenario: ScenarioConfig
+) -> tuple[Any, str, dict[str, Any] | None]:
+    """A heuristic built for ``scenario``'s pool, backends and caches, its decision's env id and action grid."""
     from servegym.envs.features import admission_layout, interval_layout, routing_layout
     from servegym.policies import POLICIES, make_policy, scaling_kwargs
-    from servegym.sim.config import ConfigError, load_scenario
     from servegym.sim.platform import Platform
 
     if name not in POLICIES:
         raise ExportError(f"run=heuristic:{name}: unknown heuristic; known: {', '.join(sorted(POLICIES))}")
-    try:
-        scenario = load_scenario(scenario_name)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        raise ExportError(f"scenario={scenario_name}: {exc}") from None
     kwargs: dict[str, Any]
     if name in _SCALING:
         kwargs, env_id = scaling_kwargs(scenario), "servegym/Autoscaling-v0"
@@ -76,9 +117,10 @@ def _heuristic(name: str, params: Mapping[str, Any], scenario_name: str) -> tupl
     else:
         kwargs, env_id = {"layout": interval_layout(scenario)}, "servegym/Caching-v0"
     try:
-        return make_policy(name, **kwargs, **dict(params)), env_id
+        policy = make_policy(name, **kwargs, **dict(params))
     except (TypeError, ValueError) as exc:
         raise ExportError(f"run=heuristic:{name} with params={dict(params)}: {exc}") from None
+    return policy, env_id, _grid(env_id, scenario)
 
 
 def _resolve_mlflow(source: str) -> tuple[str, str, dict[str, Any]]:
@@ -113,8 +155,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str]:
-    """The policy of an MLflow run, its env id, provenance, and the run id."""
+def _run_grid(client: Any, run_id: str, env_id: str, workdir: Path) -> dict[str, Any] | None:
+    """The action grid of the env a run trained on, from its logged ``config/config.yaml`` (None without one)."""
+    import yaml
+
+    from servegym.sim.config import scenario_from_dict
+
+    try:
+        logged = Path(client.download_artifacts(run_id, "config/config.yaml", str(workdir / "config")))
+        config = yaml.safe_load(logged.read_text())
+        env = config.get("env") or {}
+        scenario = scenario_from_dict(config["scenario"])
+    except Exception:  # no config logged (not a servegym train run): the grid is assumed
+        return None
+    grid = _grid(str(env.get("id") or env_id), scenario, env.get("kwargs") or {})
+    if grid is not None:
+        grid["source"] = f"the run's logged config (env.kwargs, scenario {scenario.name!r})"
+    return grid
+
+
+def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str, dict[str, Any] | None]:
+    """The policy of an MLflow run, its env id, provenance, the run id and the env's action grid."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -154,7 +215,9 @@ def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str
             if key.startswith("eval/")
         },
     }
-    return policy, str(tags.get("servegym.env", "")), provenance, run_id
+    env_id = str(tags.get("servegym.env", ""))
+    grid = _run_grid(client, run_id, env_id, workdir) if env_id else None
+    return policy, env_id, provenance, run_id, grid
 
 
 def export_source(
@@ -166,19 +229,23 @@ def export_source(
     log_model: bool | None = None,
     registered_model: str | None = None,
     alias: str | None = None,
-    scenario: str = "default",
+    scenario: str | Mapping[str, Any] | ScenarioConfig = "default",
     params: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export the policy named by ``source`` (see the module docstring) into ``out``.
 
+    ``scenario`` (for ``heuristic:<name>``) is a shipped name, a YAML path, a scenario
+    mapping (the composed ``scenario`` config group) or a :class:`ScenarioConfig`.
     ``log_model`` None logs the pyfunc model only for a policy that came from an MLflow
     run. Raises :class:`ExportError` with a message for people on any failure.
     """
     run_id: str | None = None
+    grid: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="servegym-export-") as tmp:
         if source.startswith("heuristic:"):
-            policy, env_id = _heuristic(source.removeprefix("heuristic:"), params or {}, scenario)
-            provenance: dict[str, Any] = {"source": source, "scenario": scenario, "params": dict(params or {})}
+            built = _scenario(scenario)
+            policy, env_id, grid = _heuristic(source.removeprefix("heuristic:"), params or {}, built)
+            provenance: dict[str, Any] = {"source": source, "scenario": built.name, "params": dict(params or {})}
         elif Path(source).is_dir():
             from servegym.agents.io import load_policy
 
@@ -189,14 +256,14 @@ def export_source(
             env_id = str(getattr(policy, "env_id", "") or "")
             provenance = {"source": str(Path(source).resolve())}
         elif source.startswith(("runs:/", "models:/")) or _RUN_ID.match(source):
-            policy, env_id, provenance, run_id = _from_run(source, Path(tmp))
+            policy, env_id, provenance, run_id, grid = _from_run(source, Path(tmp))
         else:
             raise ExportError(
                 f"run={source}: not an MLflow run id (32 hex digits), runs:/<id>/<path>, models:/<name>@<alias>, "
                 "heuristic:<name>, or an existing policy directory"
             )
         bundle = export_policy(
-            policy, out, env_id=env_id or None, provenance=provenance, onnx=onnx, overwrite=overwrite
+            policy, out, env_id=env_id or None, provenance=provenance, onnx=onnx, overwrite=overwrite, grid=grid
         )
     result = ExportResult(bundle=bundle, provenance=provenance)
     if log_model is None:
@@ -213,6 +280,32 @@ def export_source(
     return result
 
 
+def _fail(message: str) -> None:
+    print(f"servegym export: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+_REQUIRED = {
+    "run": "the policy to export: an MLflow run id, runs:/<id>/policy, models:/<name>@<alias>, a policy "
+    "directory or heuristic:<name> (e.g. run=heuristic:hpa)",
+    "out": "the bundle directory to write (e.g. out=bundles/hpa)",
+}
+
+
+def _scenario_config(cfg: DictConfig, base: Path) -> dict[str, Any]:
+    """The composed scenario group as a plain mapping, a relative trace path made absolute (as compare does)."""
+    data = OmegaConf.to_container(cfg.scenario, resolve=True)
+    scenario = {str(k): v for k, v in data.items()} if isinstance(data, dict) else {}
+    workload = scenario.get("workload")
+    trace = workload.get("trace_path") if isinstance(workload, dict) else None
+    if isinstance(workload, dict) and trace and not Path(str(trace)).is_absolute():
+        scenario["workload"] = {**workload, "trace_path": str((base / str(trace)).resolve())}
+    return scenario
+
+
+register_configs()
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="export")
 def app(cfg: DictConfig) -> None:
     """Hydra entry point of ``servegym export``."""
@@ -220,12 +313,14 @@ def app(cfg: DictConfig) -> None:
 
     from servegym.experiments.tracking import tracking_uri
 
+    for key, what in _REQUIRED.items():
+        if OmegaConf.is_missing(cfg, key):
+            _fail(f"{key} is required: {what}")
     base = Path(hydra.utils.get_original_cwd())
     mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri, base))
     log_model = cfg.mlflow.log_model
     if log_model not in ("auto", True, False):
-        print(f"servegym export: error: mlflow.log_model={log_model!r} must be auto, true or false", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"mlflow.log_model={log_model!r} must be auto, true or false")
     params = OmegaConf.to_container(cfg.params, resolve=True)
     out = Path(str(cfg.out))
     try:
@@ -237,12 +332,11 @@ def app(cfg: DictConfig) -> None:
             log_model=None if log_model == "auto" else bool(log_model),
             registered_model=cfg.mlflow.registered_model,
             alias=cfg.mlflow.alias,
-            scenario=str(cfg.scenario),
+            scenario=_scenario_config(cfg, base),
             params={str(k): v for k, v in params.items()} if isinstance(params, dict) else {},
         )
     except (ExportError, BundleError) as exc:
-        print(f"servegym export: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
     print(f"bundle written to {result.bundle}")
     if result.model_uri is not None:
         registered = f" (registered version {result.registered_version})" if result.registered_version else ""
