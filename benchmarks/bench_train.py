@@ -4,8 +4,11 @@ Prints, from one process (medians over repeats):
 
 - PPO timesteps/s on ``servegym/Autoscaling-v0`` (default scenario) and on ``CartPole-v1``
   with the same SB3 set-up (the agent config ``agent=ppo``: 4 envs in a DummyVecEnv,
-  VecNormalize, the same PPO hyperparameters), and their ratio. Target: >= 0.5, i.e. the
-  simulator costs no more than SB3's own per-step overhead.
+  VecNormalize, the same PPO hyperparameters, one torch thread), and their ratio.
+  Target: >= 0.5, i.e. the simulator costs no more than SB3's own per-step overhead. It
+  also prints the split of a timestep between SB3 and the simulator: one Autoscaling-v0
+  step is one 15 s control interval, about 300 simulated requests in the default
+  scenario, so the ratio is bounded by the simulator's requests/s, not by env overhead.
 - the wall time of the same Autoscaling-v0 training without tracking (bare ``learn``) and
   through ``run_training`` with MLflow tracking (params, config artifact, batched metrics,
   checkpoints, policy artifact; final evaluation off), and the overhead in percent.
@@ -60,6 +63,17 @@ def ppo_steps_per_s(env_id: str, timesteps: int, agent: dict[str, Any], seed: in
     return timesteps / (time.perf_counter() - start)
 
 
+def _requests_per_step() -> float:
+    """Simulated requests per Autoscaling-v0 step: one control interval of the default scenario."""
+    env = gym.make("servegym/Autoscaling-v0")
+    env.reset(seed=0)
+    steps, done = 0, False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps, done = steps + 1, terminated or truncated
+    return float(env.unwrapped.platform.arrived) / steps  # type: ignore[attr-defined]
+
+
 def tracked_wall_s(timesteps: int, store: Path) -> float:
     """Wall time of ``run_training`` (PPO, Autoscaling-v0) with MLflow tracking to a SQLite store."""
     with initialize_config_module(config_module="servegym.conf", version_base=None):
@@ -104,6 +118,12 @@ def main() -> None:
     print(f"  CartPole-v1              {cp:9.0f} timesteps/s")
     print(f"  servegym/Autoscaling-v0  {au:9.0f} timesteps/s")
     print(f"  ratio Autoscaling/CartPole {au / cp:.3f}  (target >= 0.5)")
+    sb3_ms, sim_ms = 1e3 / cp, 1e3 / au - 1e3 / cp
+    per_step = _requests_per_step()
+    print(
+        f"  per timestep: SB3 {sb3_ms:.2f} ms (CartPole), simulator {sim_ms:.2f} ms for ~{per_step:.0f} simulated "
+        f"requests ({per_step * au:,.0f} simulated requests/s while training)"
+    )
     print(f"  wall without tracking {bare:7.2f} s, with MLflow tracking {tracked:7.2f} s, "
           f"overhead {100 * (tracked / bare - 1):+.1f}%  (target <= 10%)")
 
