@@ -149,8 +149,31 @@ def _check_learner(agent: Mapping[str, Any], env_id: str) -> None:
             )
 
 
+_TOP_LEVEL = frozenset(
+    {
+        "scenario", "env", "agent", "tracking", "seed", "total_timesteps", "episode_duration_s",
+        "checkpoint_every_steps", "eval_every_steps", "eval_seeds", "progress_bar", "resume", "objective",
+        "torch_threads",
+    }
+)  # fmt: skip
+_AGENT_KEYS = {
+    "sb3": frozenset(
+        {"kind", "name", "algo", "policy", "normalize", "norm_reward", "n_envs", "subprocess", "hyperparams"}
+    ),
+    "sklearn": frozenset({"kind", "name", "envs", "learner", "teacher_run", "teacher_policy", "teacher_params"}),
+}
+
+
+def _no_unknown_keys(cfg: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    """A key added with ``+key=value`` that nothing reads is a typo, not a setting: refuse it."""
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
+
+
 def validate(cfg: Mapping[str, Any]) -> Validated:
     """Check a composed train config completely; the ConfigError names the offending key."""
+    _no_unknown_keys(cfg, _TOP_LEVEL, "")
     try:
         scenario = scenario_from_dict(dict(cfg["scenario"]))
     except ConfigError as exc:
@@ -173,6 +196,8 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
         raise ConfigError(f"env.kwargs: {exc}") from exc
     agent = dict(cfg.get("agent") or {})
     kind = agent.get("kind")
+    if kind in _AGENT_KEYS:
+        _no_unknown_keys(agent, _AGENT_KEYS[kind], "agent.")
     if kind == "sb3":
         algo = agent.get("algo")
         check_algorithm(str(algo), probe.action_space)

@@ -92,6 +92,8 @@ def test_unknown_agent_lists_the_choices() -> None:
         (["episode_duration_s=-5"], r"episode_duration_s = -5"),
         (["total_timesteps=0"], r"total_timesteps = 0"),
         (["+env.kwargs.colour=blue"], r"env\.kwargs"),
+        (["+total_timestep=100"], r"total_timestep: unknown key; allowed: .*total_timesteps"),
+        (["+agent.kwargs.x=1"], r"agent\.kwargs: unknown key"),
     ],
 )
 def test_invalid_values_fail_before_training_naming_the_key(overrides: list[str], message: str) -> None:
