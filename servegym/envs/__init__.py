@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import gymnasium as gym
 
 from servegym.envs.autoscaling import AutoscalingEnv
@@ -22,6 +25,7 @@ __all__ = [
     "PlatformControlEnv",
     "PlatformEnv",
     "RoutingEnv",
+    "make",
     "resolve_scenario",
 ]
 
@@ -38,3 +42,20 @@ for _id, _entry, _steps in (
 ):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_entry, max_episode_steps=_steps)
+
+
+def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
+    """``gymnasium.make`` with a ``TimeLimit`` long enough for the scenario's own horizon.
+
+    The interval environments are registered with a limit of 240 steps (one hour of 15 s
+    intervals, the default scenario); a longer ``duration_s`` or a shorter control
+    interval would otherwise be cut off by ``TimeLimit`` before the episode's KPIs arrive.
+    """
+    env = gym.make(env_id, **kwargs)
+    limit = env.spec.max_episode_steps if env.spec is not None else None
+    scenario = env.unwrapped.scenario  # type: ignore[attr-defined]
+    needed = math.ceil(scenario.duration_s / scenario.control.interval_s) + 1
+    if limit is not None and "max_episode_steps" not in kwargs and needed > limit:
+        env.close()
+        env = gym.make(env_id, max_episode_steps=needed, **kwargs)
+    return env

@@ -55,7 +55,7 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-import servegym.envs  # noqa: F401 - registers the environments
+import servegym.envs
 from servegym.agents.admission import CachingEnvPolicy, LearnedAdmission
 from servegym.agents.io import load_policy, save_policy
 from servegym.agents.sb3 import ALGORITHMS, SB3Policy, build_model, check_algorithm, check_hyperparams, make_vec_env
@@ -189,7 +189,7 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
             raise ConfigError(f"episode_duration_s = {duration!r} is invalid: must be a positive number or null")
         env_kwargs["duration_s"] = float(duration)
     try:
-        probe = gym.make(env_id, scenario=scenario, **env_kwargs)
+        probe = servegym.envs.make(env_id, scenario=scenario, **env_kwargs)
     except TypeError as exc:
         raise ConfigError(f"env.kwargs: {env_id} rejected them: {exc}") from exc
     except ConfigError as exc:
@@ -236,7 +236,7 @@ def evaluate_in_env(
     """
     out: list[dict[str, float]] = []
     for seed in seeds:
-        env = gym.make(env_id, **dict(env_kwargs))
+        env = servegym.envs.make(env_id, **dict(env_kwargs))
         policy.reset()
         obs, info = env.reset(seed=int(seed))
         done = "kpis" in info
@@ -412,7 +412,7 @@ class _Trainer:
 
     # -- scikit-learn -------------------------------------------------------------------------
     def train_sklearn(self) -> tuple[Policy, int]:
-        env = gym.make(self.v.env_id, **self.env_kwargs)
+        env = servegym.envs.make(self.v.env_id, **self.env_kwargs)
         extra: dict[str, Any] = {}
         if self.v.agent.get("name") == "distill":
             extra["teacher"] = self.teacher(env)

@@ -217,3 +217,17 @@ def test_integer_actions_take_the_fast_check_and_others_the_full_one(env_id: str
         assert not env.action_space.contains(action), action
         with pytest.raises(ValueError, match="not in the action space"):
             env.step(action)
+
+
+def test_make_extends_the_time_limit_to_the_scenarios_horizon() -> None:
+    """Registered with 240 steps (one default hour); a two-hour episode must not be cut at 240."""
+    from servegym.envs import make
+
+    env = make("servegym/Autoscaling-v0", duration_s=7200.0)
+    assert env.spec is not None and env.spec.max_episode_steps == 481
+    env.reset(seed=0)
+    steps, done, info = 0, False, {}
+    while not done:
+        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        steps, done = steps + 1, terminated or truncated
+    assert steps == 480 and "kpis" in info
