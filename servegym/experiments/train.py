@@ -300,10 +300,19 @@ class _TrackingCallback(BaseCallback):
         self.last_checkpoint = self.last_eval = self.num_timesteps
 
     def _on_step(self) -> bool:
-        for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True):
-            if done and "kpis" in info:
-                k = info["kpis"]["all"]
-                self.trainer.batch.log({f"sim/{name}": k[name] for name in EVAL_KPIS if name in k}, self.num_timesteps)
+        finished = [
+            info["kpis"]["all"]
+            for info, done in zip(self.locals["infos"], self.locals["dones"], strict=True)
+            if done and "kpis" in info
+        ]
+        if finished:
+            # vector envs finish episodes at the same step: one point, their mean, per step
+            means = {
+                f"sim/{name}": float(np.mean([k[name] for k in finished]))
+                for name in EVAL_KPIS
+                if name in finished[0]
+            }
+            self.trainer.batch.log(means, self.num_timesteps)
         t = self.trainer
         if t.checkpoint_every and self.num_timesteps - self.last_checkpoint >= t.checkpoint_every:
             self.last_checkpoint = self.num_timesteps
