@@ -28,6 +28,7 @@ __all__ = [
     "ENV_DECISIONS",
     "KPI_COLUMNS",
     "PolicyResult",
+    "align_columns",
     "evaluate",
     "format_comparison",
     "objective_usd",
@@ -211,7 +212,7 @@ def format_comparison(results: Sequence[PolicyResult], baseline: str | None = No
     """KPI table (mean ± 95% half-width over seeds) and, with a baseline, paired differences."""
     header = ["policy"] + [label for _, label in KPI_COLUMNS]
     rows = [header] + [[r.policy] + [str(r.estimate(k)) for k, _ in KPI_COLUMNS] for r in results]
-    lines = _align(rows)
+    lines = align_columns(rows)
     n = len(results[0].seeds) if results else 0
     lines.insert(0, f"mean ± 95% CI half-width over {n} seeds")
     if baseline is not None:
@@ -224,11 +225,12 @@ def format_comparison(results: Sequence[PolicyResult], baseline: str | None = No
                 diff_rows.append(
                     [r.policy] + [str(paired_difference(r.values(k), base.values(k))) for k, _ in KPI_COLUMNS]
                 )
-        lines += ["", "paired differences against the baseline (same seeds, same requests):", *_align(diff_rows)]
+        lines += ["", "paired differences against the baseline (same seeds, same requests):", *align_columns(diff_rows)]
     return "\n".join(lines)
 
 
-def _align(rows: list[list[str]]) -> list[str]:
+def align_columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as aligned text lines: first column left, the rest right, a rule under the header."""
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     out = [
         "  ".join(

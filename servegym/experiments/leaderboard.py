@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from servegym.experiments.evaluate import PolicyResult
+from servegym.experiments.evaluate import PolicyResult, align_columns
 from servegym.experiments.stats import Estimate, paired_difference
 
 __all__ = [
@@ -155,18 +155,6 @@ def summarise(
     )
 
 
-def _align(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    out = [
-        "  ".join(
-            cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return out
-
-
 def share_text(value: float) -> str:
     """A share as a whole percentage, ``-`` when undefined."""
     return "-" if math.isnan(value) else f"{value + 0.0:.0%}".replace("-0%", "0%")
@@ -184,19 +172,19 @@ def format_summary(summary: ScenarioSummary, labels: Mapping[str, str] | None = 
     for p in summary.policies:
         mark = " *" if p in summary.pareto else ""
         rows.append([p + mark, *(str(summary.estimates[p][k]) for k in summary.kpis)])
-    lines += _align(rows)
+    lines += align_columns(rows)
     if summary.differences:
         lines += ["", f"paired differences against {summary.baseline} (same seeds, same requests):"]
         rows = [["policy - baseline", *names]]
         for p in summary.policies:
             if p in summary.differences:
                 rows.append([p, *(str(summary.differences[p][k]) for k in summary.kpis)])
-        lines += _align(rows)
+        lines += align_columns(rows)
     if summary.gap_kpis:
         refs = ", ".join(f"{labels.get(k, k)}: {summary.gap_reference[k]}" for k in summary.gap_kpis)
         lines += ["", f"share of the baseline-to-oracle gap closed (oracle per KPI — {refs}):"]
         rows = [["policy", *(labels.get(k, k) for k in summary.gap_kpis)]]
         for p in summary.policies:
             rows.append([p, *(share_text(summary.gaps[p][k]) for k in summary.gap_kpis)])
-        lines += _align(rows)
+        lines += align_columns(rows)
     return "\n".join(lines)
