@@ -39,8 +39,8 @@ import numpy as np
 from servegym.agents.forecast import Forecast, WorkloadForecaster
 from servegym.agents.io import layout_from_json, layout_to_json
 from servegym.envs.features import Layout
-from servegym.policies.base import checked_observation, require_features
-from servegym.policies.scaling import HPA, scaling_kwargs
+from servegym.policies.base import require_features
+from servegym.policies.scaling import HPA, ScalingPolicy, scaling_kwargs
 
 __all__ = ["PredictiveAutoscaler", "PredictiveAutoscalerLearner", "horizon_for"]
 
@@ -57,7 +57,7 @@ def horizon_for(cold_start_s: float, interval_s: float) -> int:
     return math.ceil(cold_start_s / interval_s - 1e-9) + 1
 
 
-class PredictiveAutoscaler:
+class PredictiveAutoscaler(ScalingPolicy):
     """Targets the replicas the forecast's upper bound needs over the cold-start horizon.
 
     ``act(observation)`` reads an interval observation (``interval_layout``) and returns
@@ -74,6 +74,8 @@ class PredictiveAutoscaler:
     forecaster's calendar features see the same clock as in training.
     """
 
+    _needs = _NEEDS
+
     def __init__(
         self,
         layout: Layout,
@@ -87,9 +89,8 @@ class PredictiveAutoscaler:
         target_utilisation: float = 0.7,
         service_smoothing: float = 0.1,
     ) -> None:
+        super().__init__(layout, min_replicas, max_replicas, slots_per_replica, interval_s)
         owner = type(self).__name__
-        if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
-            raise ValueError(f"{owner}: pool bounds [{min_replicas}, {max_replicas}] are invalid")
         needed = horizon_for(cold_start_s, interval_s)
         if forecaster.horizon < needed:
             raise ValueError(
@@ -102,18 +103,12 @@ class PredictiveAutoscaler:
             raise ValueError(f"{owner}: target_utilisation = {target_utilisation!r} is invalid: must be in (0, 1]")
         if not 0 <= service_smoothing <= 1:
             raise ValueError(f"{owner}: service_smoothing = {service_smoothing!r} is invalid: must be in [0, 1]")
-        self.layout = layout
-        self.min_replicas = min_replicas
-        self.max_replicas = max_replicas
-        self.slots_per_replica = slots_per_replica
-        self.interval_s = float(interval_s)
         self.forecaster = forecaster
         self.cold_start_s = float(cold_start_s)
         self.horizon = needed
         self.learned_slot_s_per_request = float(slot_s_per_request)
         self.target_utilisation = float(target_utilisation)
         self.service_smoothing = float(service_smoothing)
-        self._at = require_features(layout, _NEEDS, owner)
         self.last_forecast: Forecast | None = None
         self.reset()
 
@@ -126,8 +121,7 @@ class PredictiveAutoscaler:
         self.last_forecast = None
 
     def act(self, observation: np.ndarray) -> int:
-        obs = checked_observation(observation, self.layout, type(self).__name__)
-        f = {name: float(obs[i]) for name, i in self._at.items()}
+        f = self._features(observation)
         if self._start_s is None:
             angle = math.atan2(f["time_of_day_sin"], f["time_of_day_cos"]) % (2.0 * math.pi)
             self._start_s = angle / (2.0 * math.pi) * DAY_S
@@ -144,7 +138,7 @@ class PredictiveAutoscaler:
         peak_rps = float(forecast.upper[: self.horizon].max())
         slots = (peak_rps + f["queue_len"] / self.interval_s) * self.slot_s_per_request / self.target_utilisation
         replicas = math.ceil(slots / self.slots_per_replica - 1e-9)
-        return min(max(replicas, self.min_replicas), self.max_replicas)
+        return self._bound(replicas)
 
     def save(self, directory: Path) -> None:
         """Write the policy's parameters and layout (JSON) and the forecaster (its own subdirectory)."""

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "HPA",
     "KPA",
+    "ScalingPolicy",
     "ScheduledScaling",
     "StaticScaling",
     "StepScaling",
@@ -84,8 +85,10 @@ def scaling_kwargs(scenario: ScenarioConfig) -> dict[str, Any]:
     }
 
 
-class _ScalingPolicy:
+class ScalingPolicy:
     """What every scaling policy shares: its layout, pool bounds, slots and control interval.
+
+    Learned scalers (:class:`servegym.agents.predictive.PredictiveAutoscaler`) build on it too.
 
     Subclasses list the features they read in ``_needs``; they are resolved by name here,
     once, so a layout without one fails at construction.
@@ -132,7 +135,7 @@ class _ScalingPolicy:
         """Forget the past (nothing, for a policy without memory)."""
 
 
-class StaticScaling(_ScalingPolicy):
+class StaticScaling(ScalingPolicy):
     """A fixed number of replicas, whatever happens: the baseline every autoscaler must beat."""
 
     def __init__(
@@ -153,7 +156,7 @@ class StaticScaling(_ScalingPolicy):
         return self.replicas
 
 
-class HPA(_ScalingPolicy):
+class HPA(ScalingPolicy):
     """The Kubernetes Horizontal Pod Autoscaler on utilisation, with its default behaviour.
 
     The algorithm of the Kubernetes documentation ("Horizontal Pod Autoscaling":
@@ -260,7 +263,7 @@ class HPA(_ScalingPolicy):
         return target
 
 
-class KPA(_ScalingPolicy):
+class KPA(ScalingPolicy):
     """The Knative Pod Autoscaler: concurrency over a stable window, with a panic mode.
 
     As the Knative documentation ("Autoscaling concepts", "Configuring scale bounds and
@@ -371,7 +374,7 @@ DEFAULT_STEPS: tuple[tuple[float, float, int], ...] = ((0.0, 0.3, -1), (0.8, 0.9
 """Illustrative step adjustments on utilisation: shed one below 30 %, add one or two above 80 % / 90 %."""
 
 
-class StepScaling(_ScalingPolicy):
+class StepScaling(ScalingPolicy):
     """AWS step scaling on utilisation (Amazon EC2 Auto Scaling, "Step and simple scaling policies").
 
     ``steps`` lists ``(lower_bound, upper_bound, adjustment)``: when the interval's
@@ -444,7 +447,7 @@ class StepScaling(_ScalingPolicy):
 _TIME_OF_DAY_SLACK_S = 0.01
 
 
-class ScheduledScaling(_ScalingPolicy):
+class ScheduledScaling(ScalingPolicy):
     """Scheduled scaling (AWS scheduled actions, KEDA's cron scaler): replicas by time of day.
 
     ``schedule`` lists ``(start_time_of_day_s, replicas)``; the latest entry whose start
