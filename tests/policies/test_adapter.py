@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 
 import numpy as np
@@ -26,15 +25,7 @@ from servegym.policies import (
 )
 from servegym.sim.config import BackendConfig, CacheConfig, ScenarioConfig, SemanticCacheConfig
 from servegym.sim.platform import Platform
-
-
-def same_kpis(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> bool:
-    """Exact equality of two KPI tables, nan equal to nan."""
-    return a.keys() == b.keys() and all(
-        a[s].keys() == b[s].keys()
-        and all(x == b[s][k] or (math.isnan(x) and math.isnan(b[s][k])) for k, x in a[s].items())
-        for s in a
-    )
+from tests.kpis import same_kpis
 
 
 def names(platform: Platform) -> list[str]:

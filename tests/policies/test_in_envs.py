@@ -8,7 +8,6 @@ the env must give exactly the KPIs of the direct run with the same policy and se
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import gymnasium as gym
@@ -29,15 +28,7 @@ from servegym.policies import (
 from servegym.policies.caching import AdmissionAndThreshold
 from servegym.sim.config import ScenarioConfig
 from servegym.sim.platform import Platform
-
-
-def same_kpis(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> bool:
-    """Exact equality of two KPI tables, nan equal to nan."""
-    return a.keys() == b.keys() and all(
-        a[s].keys() == b[s].keys()
-        and all(x == b[s][k] or (math.isnan(x) and math.isnan(b[s][k])) for k, x in a[s].items())
-        for s in a
-    )
+from tests.kpis import same_kpis
 
 
 @pytest.fixture(scope="module")

@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
 from servegym.sim.config import ControlConfig, ScenarioConfig
 from servegym.sim.platform import Platform
 from servegym.sim.telemetry import KPI_COLUMNS, compute_kpis
+from tests.kpis import same_kpis
 
 REQUEST_INPUTS = ("arrival_s", "tenant", "intent", "variant", "prompt_tokens", "output_tokens", "difficulty")
 PER_REQUEST_UNIFORMS = ("u_service", "z_service", "u_quality", "u_failure")
 
 
-def _same_kpis(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> bool:
-    """Exact equality of two KPI dicts, where nan equals nan (an empty percentile)."""
-    if a.keys() != b.keys():
-        return False
-    for scope in a:
-        if a[scope].keys() != b[scope].keys():
-            return False
-        for key, x in a[scope].items():
-            y = b[scope][key]
-            if not (x == y or (math.isnan(x) and math.isnan(y))):
-                return False
-    return True
-
-
 def test_same_seed_gives_identical_kpis_and_records(stressed_scenario: ScenarioConfig) -> None:
     first, second = Platform(stressed_scenario), Platform(stressed_scenario)
     kpis_first, kpis_second = first.run(), second.run()
-    assert _same_kpis(kpis_first, kpis_second)
+    assert same_kpis(kpis_first, kpis_second)
     assert first.arrived == second.arrived > 1000
     cols_first, cols_second = first.requests.frame(), second.requests.frame()
     assert cols_first.keys() == cols_second.keys()
@@ -49,7 +35,7 @@ def test_simpys_own_loop_runs_the_platform_identically(stressed_scenario: Scenar
     for until in (10.0, 60.0, stressed_scenario.duration_s):  # pausing and resuming, as environments do
         ours.run(until=until)
         simpys.env.run(until=until)
-    assert _same_kpis(ours.kpis(), simpys.kpis())
+    assert same_kpis(ours.kpis(), simpys.kpis())
     a, b = ours.requests.frame(), simpys.requests.frame()
     for name in a:
         assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), name
@@ -70,7 +56,7 @@ def test_kpis_read_only_the_kpi_columns(stressed_scenario: ScenarioConfig) -> No
         "replica_seconds": platform.pool.replica_seconds(),
     }
     everything = compute_kpis(platform.requests.frame(), **args)
-    assert _same_kpis(compute_kpis(platform.requests.frame(columns=KPI_COLUMNS), **args), everything)
+    assert same_kpis(compute_kpis(platform.requests.frame(columns=KPI_COLUMNS), **args), everything)
 
 
 def test_seed_argument_draws_requests_in_the_scenarios_world(small_scenario: ScenarioConfig) -> None:
@@ -94,7 +80,7 @@ def test_different_seeds_give_different_kpis(small_scenario: ScenarioConfig) -> 
     a = Platform(small_scenario, seed=1)
     b = Platform(small_scenario, seed=2)
     kpis_a, kpis_b = a.run(), b.run()
-    assert not _same_kpis(kpis_a, kpis_b)
+    assert not same_kpis(kpis_a, kpis_b)
     assert kpis_a["all"]["latency_mean_s"] != kpis_b["all"]["latency_mean_s"]
     n = min(a.arrived, b.arrived)
     assert not np.array_equal(a.requests.frame(n)["arrival_s"], b.requests.frame(n)["arrival_s"])
