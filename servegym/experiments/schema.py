@@ -63,7 +63,8 @@ def schema_of(cls: type) -> type:
         if f.default is not dataclasses.MISSING:
             default = _convert_value(f.default)
             if isinstance(default, list) or dataclasses.is_dataclass(default):
-                fields.append((f.name, tp, dataclasses.field(default_factory=_factory(_copy, default))))
+                # mutable: every instance gets a fresh conversion of the original default
+                fields.append((f.name, tp, dataclasses.field(default_factory=_factory(_convert_value, f.default))))
             else:
                 fields.append((f.name, tp, dataclasses.field(default=default)))
         elif f.default_factory is not dataclasses.MISSING:
@@ -82,14 +83,6 @@ def schema_of(cls: type) -> type:
 def _factory(convert: Callable[[Any], Any], value: Any) -> Callable[[], Any]:
     """A default factory returning a fresh converted copy of ``value`` (no default is shared)."""
     return lambda: convert(value)
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value)
-    return value
 
 
 # Build every schema class at import: an unpickling worker finds them here by name.

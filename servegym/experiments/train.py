@@ -60,6 +60,7 @@ from servegym.agents.admission import CachingEnvPolicy, LearnedAdmission
 from servegym.agents.io import load_policy, save_policy
 from servegym.agents.sb3 import ALGORITHMS, SB3Policy, build_model, check_algorithm, check_hyperparams, make_vec_env
 from servegym.envs import ENV_IDS
+from servegym.envs.features import Layout
 from servegym.experiments.evaluate import DECISIONS, objective_usd
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate
@@ -94,6 +95,7 @@ class Validated:
     kind: str
     seed: int
     total_timesteps: int
+    layout: Layout
 
 
 @dataclass
@@ -207,6 +209,7 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
         _check_learner(agent, env_id)
     else:
         raise ConfigError(f"agent.kind = {kind!r} is invalid: must be 'sb3' or 'sklearn'")
+    layout = probe.unwrapped.layout  # type: ignore[attr-defined]
     probe.close()
     if cfg.get("torch_threads") is not None:
         _int(cfg, "torch_threads", 1)
@@ -218,6 +221,7 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
         kind=kind,
         seed=_int(cfg, "seed", 0),
         total_timesteps=_int(cfg, "total_timesteps", 1),
+        layout=layout,
     )
 
 
@@ -337,7 +341,6 @@ class _Trainer:
         self.eval_every = int(cfg.get("eval_every_steps") or 0)
         self.eval_seeds = [int(s) for s in cfg.get("eval_seeds") or []]
         self.model: BaseAlgorithm | None = None
-        self.layout = gym.make(v.env_id, scenario=v.scenario, **v.env_kwargs).unwrapped.layout  # type: ignore[attr-defined]
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
@@ -391,7 +394,7 @@ class _Trainer:
 
     def freeze(self) -> SB3Policy:
         assert self.model is not None
-        return SB3Policy.from_training(self.model, self.v.agent["algo"], self.layout, self.v.env_id)
+        return SB3Policy.from_training(self.model, self.v.agent["algo"], self.v.layout, self.v.env_id)
 
     def train_sb3(self, resume_from: Path | None, callbacks: Sequence[BaseCallback]) -> tuple[Policy, int]:
         threads = self.cfg.get("torch_threads")
