@@ -46,7 +46,11 @@ def test_the_learner_fits_a_classifier_and_the_policy_acts_everywhere(tmp_path: 
     seen_often[policy.layout.index["key_requests"]] = 20
     seen_once[policy.layout.index["log_key_age_s"]] = np.log1p(1e7)
     seen_often[policy.layout.index["log_key_age_s"]] = np.log1p(10.0)
-    assert 0 <= policy.reuse_probability(seen_once) <= 1
+    # the action is the thresholded reuse probability, whatever the probe
+    for probe in (seen_once, seen_often):
+        expected = policy.admit_level if policy.reuse_probability(probe) >= policy.threshold else 0
+        assert policy.act(probe) == expected
+    assert policy.reuse_probability(seen_once) != policy.reuse_probability(seen_often)
 
     base = env.unwrapped
     driver = CachingEnvPolicy(base.layout, policy, threshold_index=5)
