@@ -222,9 +222,12 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
             if isinstance(space, gym.spaces.Discrete):
                 if (kind is int or kind is np.int64) and bounds[0][0] <= action <= bounds[0][1]:
                     return int(action)
-            elif kind is np.ndarray and action.dtype is _INT64 and action.shape == (len(bounds),):
+            elif kind is np.ndarray and action.dtype is _INT64 and action.ndim == 1 and len(action) == len(bounds):
                 values = action.tolist()
-                if all(lo <= v <= hi for v, (lo, hi) in zip(values, bounds, strict=True)):
+                for v, (lo, hi) in zip(values, bounds):  # noqa: B905 - equal lengths checked above
+                    if not lo <= v <= hi:
+                        break
+                else:
                     return values
         if not space.contains(action):
             raise ValueError(f"action {action!r} is not in the action space {space}")

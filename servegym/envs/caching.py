@@ -94,25 +94,28 @@ class CachingEnv(PlatformEnv):
     def _on_reset(self) -> None:
         self._keys = KeyStats()
         self._features = AdmissionFeatures(self.platform)
-        # Zeros stand in for the admission features at threshold decisions.
-        self._no_admission = [0.0] * len(self.admission)
-        self._interval = [0.0] * len(self.interval)  # the latest interval's features (float32 values)
+        # The observation at an admission: a template holding the latest interval's
+        # features (zeros before the first interval), copied and filled per request.
+        self._admit_obs = np.zeros(len(self.layout), dtype=np.float32)
+        self._admission_part = slice(1, 1 + len(self.admission))
 
     def _observe(self, decision: Decision | None) -> np.ndarray:
-        # One list, one float32 conversion: this runs at every admission (per request).
+        # This runs at every admission (per request): one copy, one slice assignment.
         if decision is not None and decision.kind == "admit":
             keys = self._keys
             platform = self.platform
             keys.observe(platform)
             request = decision.request
-            count, age = keys.of(platform.requests.key[request], platform.env.now)
-            values = [0.0, *self._features.values(request, count, age), *self._interval]
-        elif decision is not None and decision.metrics is not None:
-            self._interval = interval_features(decision.metrics).tolist()
-            values = [1.0, *self._no_admission, *self._interval]
-        else:  # the episode ended: no decision, the latest interval
-            values = [0.0, *self._no_admission, *self._interval]
-        return np.array(values, dtype=np.float32)
+            count, age = keys.of(platform.requests.key[request], platform.env._now)
+            obs = self._admit_obs.copy()
+            obs[self._admission_part] = self._features.values(request, count, age)
+            return obs
+        if decision is not None and decision.metrics is not None:
+            self._admit_obs[self._admission_part.stop :] = interval_features(decision.metrics)
+            obs = self._admit_obs.copy()
+            obs[0] = 1.0  # decision_is_threshold; the admission features stay zeros
+            return obs
+        return self._admit_obs.copy()  # the episode ended: no decision, the latest interval
 
     def _act(self, decision: Decision, action: Any) -> Any:
         if decision.kind == "admit":

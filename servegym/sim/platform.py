@@ -13,11 +13,12 @@ answer :data:`DEFER` instead of an action: the platform then parks the decision 
 :meth:`Platform.resolve` let a Gymnasium environment pause the simulation at the
 decision and resume it when its agent acts. Simulated time does not move in between.
 
-The per-request path avoids SimPy processes and ``Timeout`` objects: each arrival,
-cache answer, pool entry and backend call is one bare :class:`_Wakeup` pushed onto
-SimPy's event queue, and request attributes live in columnar lists indexed by request
-id. Only two methods touch SimPy's internals to do that (:meth:`Platform._after` and
-:meth:`Platform.step_to_decision`, see "SimPy's event queue" below).
+The per-request path avoids SimPy processes and ``Event`` objects: each cache answer,
+pool entry and backend call is one ``(handler, request)`` tuple in SimPy's event queue,
+and request attributes live in columnar lists indexed by request id. The platform's
+:class:`Engine` (a ``simpy.Environment`` subclass) knows how to process such an entry, so
+``env.run()``, ``env.step()`` and every SimPy process work as usual; see "the event
+queue" below.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from servegym.sim.telemetry import (
 )
 from servegym.sim.workload import RequestBatch, Trace, Workload
 
-__all__ = ["ADMIT_NONE", "DEFER", "BuiltinController", "Controller", "Decision", "Platform"]
+__all__ = ["ADMIT_NONE", "DEFER", "BuiltinController", "Controller", "Decision", "Engine", "Platform"]
 
 
 class _Defer:
@@ -146,22 +147,31 @@ class Decision:
     event: simpy.Event | None = None
 
 
-class _Wakeup:
-    """A bare SimPy event for one step of one request's story, already triggered.
+class Engine(simpy.Environment):
+    """SimPy's environment with a second, cheaper kind of event for the per-request path.
 
     ``env.timeout(delay, request).callbacks.append(handler)`` builds a full ``Timeout``
-    (environment, delay, callback list, scheduling call) for each of the 2-3 events a
-    request lives through; a wakeup holds only what SimPy's event loop reads when it
-    pops an event (``callbacks``, ``_ok``) and the request id (``_value``), so the
-    loop, and ``env.run()``, process it like any other event.
+    (environment, delay, value, callback list, scheduling call) for each of the 2-3
+    events a request lives through. :meth:`after` instead pushes a plain
+    ``(handler, request)`` tuple onto SimPy's event queue, timed, prioritised and
+    numbered exactly as ``schedule()`` would a ``Timeout``, so ties resolve in the same
+    order. :meth:`step` (which ``run()`` calls) processes such an entry by calling
+    ``handler(request)``, and hands every other entry to SimPy's own ``step()``.
     """
 
-    __slots__ = ("_value", "callbacks")
-    _ok = True
+    def after(self, delay: float, handler: Callable[[int], None], request: int) -> None:
+        """Call ``handler(request)`` in ``delay`` seconds (``delay >= 0``)."""
+        queue: list[Any] = self._queue  # SimPy types it as holding Events only
+        heappush(queue, (self._now + delay, NORMAL, next(self._eid), (handler, request)))
 
-    def __init__(self, handler: Callable[[_Wakeup], None], request: int) -> None:
-        self.callbacks: tuple[Callable[[_Wakeup], None], ...] | None = (handler,)
-        self._value = request
+    def step(self) -> None:
+        """Process the next event: a per-request entry here, a SimPy event by SimPy."""
+        queue: list[Any] = self._queue
+        if queue and queue[0][3].__class__ is tuple:
+            self._now, _, _, (handler, request) = heappop(queue)
+            handler(request)
+        else:
+            super().step()
 
 
 class Platform:
@@ -185,11 +195,9 @@ class Platform:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
         self.streams = Streams(self.seed)
-        self.env = simpy.Environment()
-        # SimPy's event heap of (time, priority, event id, event) and its id counter,
-        # used by _after() and step_to_decision() only.
-        self._queue: list[Any] = self.env._queue
-        self._event_ids = self.env._eid
+        self.env = Engine()
+        # Engine.after, bound once: called 2-3 times per request.
+        self._after = self.env.after
         self.controller: Controller = controller or BuiltinController(
             scenario.control, scenario, self.streams["controller"]
         )
@@ -205,6 +213,7 @@ class Platform:
         )
         self.level_names = [t.name for t in self.tiers] + (["semantic"] if self.semantic is not None else [])
         self.n_levels = len(self.level_names)
+        self._usd_per_replica_hour = scenario.pool.usd_per_replica_hour
         self._billed_levels: list[ExactTier | SemanticTier] = [t for t in self.tiers if t.billed]
         if self.semantic is not None and self.semantic.billed:
             self._billed_levels.append(self.semantic)
@@ -221,6 +230,11 @@ class Platform:
         reached = np.cumsum([0.0] + [t.latency_s for t in self.tiers]).tolist()
         self._lookups: list[tuple[int, ExactTier, Mapping[int, Any], Callable[[int], Any], float]] = [
             (k, t, t.store.entries, t.store.get, reached[k + 1]) for k, t in enumerate(self.tiers)
+        ]
+        # Per admission level: what a write from that level down touches in each exact tier.
+        self._writes: list[list[tuple[ExactTier, Mapping[int, Any], int, Callable[[int, Any], None], float, bool]]] = [
+            [(t, t.store.entries, t.store.capacity, t.store.put, t.ttl_s, t.billed) for t in self.tiers[k:]]
+            for k in range(len(self.tiers) + 1)
         ]
         self._miss_latency_s = reached[-1] + (self.semantic.latency_s if self.semantic is not None else 0.0)
         self._embeddings = self.workload.embeddings
@@ -263,7 +277,7 @@ class Platform:
     @property
     def now(self) -> float:
         """Simulated time in seconds."""
-        return float(self.env.now)
+        return float(self.env._now)
 
     def run(self, until: float | None = None) -> dict[str, dict[str, float]]:
         """Run to ``until`` (default: the scenario's end) with a controller that never defers."""
@@ -274,37 +288,27 @@ class Platform:
             )
         return self.kpis()
 
-    # -- SimPy's event queue, used directly ----------------------------------------------------
-    # The per-request path schedules and processes its events itself. These two methods
-    # are the only ones that touch SimPy's internals (Environment._queue, _eid, _now);
-    # they do what Environment.schedule() and Environment.step() do, in the same order,
-    # so events (ties included) happen exactly as under env.timeout() and env.run().
-    def _after(self, delay: float, handler: Callable[[_Wakeup], None], request: int) -> None:
-        """Call ``handler`` with a wakeup for ``request`` in ``delay`` seconds (``env.timeout``'s timing)."""
-        heappush(self._queue, (self.env._now + delay, NORMAL, next(self._event_ids), _Wakeup(handler, request)))
-
+    # -- the event queue ----------------------------------------------------------------------
     def step_to_decision(self, until: float | None = None) -> Decision | None:
         """Advance until a deferred decision waits (returned) or time ``until`` is reached (None)."""
         end = self.scenario.duration_s if until is None else until
         env = self.env
         pending = self.pending
-        # Environment.peek() and Environment.step() inlined: the simulator's hottest loop.
-        queue = self._queue
+        # Engine.peek() and Engine.step() inlined: the simulator's hottest loop. Reading
+        # SimPy's queue (a heap of (time, priority, event id, event)) and setting its
+        # clock is what Environment.step() itself does.
+        queue: list[Any] = env._queue
         while not pending:
             # Like run(until=end): events at exactly ``end`` belong to the next run.
             if not queue or queue[0][0] >= end:
-                if env.now < end:
+                if env._now < end:
                     env.run(until=end)
                 return None
-            env._now, _, _, event = heappop(queue)
-            callbacks, event.callbacks = event.callbacks, None  # as SimPy does
-            for callback in callbacks:
-                callback(event)
-            if not event._ok and not hasattr(event, "_defused"):
-                # As Environment.step(): a failed event nobody handled crashes the run.
-                exc = type(event._value)(*event._value.args)
-                exc.__cause__ = event._value
-                raise exc
+            if queue[0][3].__class__ is tuple:
+                env._now, _, _, (handler, request) = heappop(queue)
+                handler(request)
+            else:
+                env.step()
         return pending[0]
 
     def resolve(self, decision: Decision, action: Any) -> None:
@@ -342,16 +346,15 @@ class Platform:
         """Wake up when request ``i`` arrives (if the workload has one more request)."""
         R = self.requests
         if i < R.n or self._load_batch():
-            delay = R.arrival_s[i] - self.env.now
+            delay = R.arrival_s[i] - self.env._now
             self._after(delay if delay > 0 else 0.0, self._on_arrival, i)
 
-    def _on_arrival(self, wakeup: _Wakeup) -> None:
-        """The wakeup's request arrives: look it up in the caches, fastest first; a miss heads for the pool."""
-        i: int = wakeup._value
+    def _on_arrival(self, i: int) -> None:
+        """Request ``i`` arrives: look it up in the caches, fastest first; a miss heads for the pool."""
         self._schedule_arrival(i + 1)
         R = self.requests
         R.arrived += 1
-        now = self.env.now
+        now = self.env._now
         key = R.key[i]
         for level, tier, stored, get, latency in self._lookups:
             if tier.down or key not in stored:
@@ -385,7 +388,7 @@ class Platform:
         R.lookup_s[i] = latency
         self.entering += 1
         if latency > 0:
-            self._after(latency, self._on_enter_pool, i)
+            self._after(latency, self._enter_pool, i)
         else:
             self._enter_pool(i)
 
@@ -396,27 +399,26 @@ class Platform:
         self.hits_in_flight += 1
         self._after(latency, self._on_cache_answer, i)
 
-    def _on_cache_answer(self, wakeup: _Wakeup) -> None:
+    def _on_cache_answer(self, i: int) -> None:
         self.hits_in_flight -= 1
-        self._complete(wakeup._value)
+        self._complete(i)
 
     def _insert(self, i: int, level: int) -> None:
         """Write request ``i``'s answer into cache levels ``level`` and slower."""
         if level == ADMIT_NONE:
             return
         R = self.requests
-        now = self.env.now
+        now = self.env._now
         tenant = R.tenant[i]
         intent = R.intent[i]
         good = R.good[i]
         key = R.key[i]
-        for tier in self.tiers[level:]:
+        for tier, entries, capacity, put, ttl_s, billed in self._writes[level]:
             if not tier.down:
-                store = tier.store
                 # Occupancy changes only while a tier fills (a full tier evicts one per insert).
-                if tier.billed and len(store.entries) < store.capacity:
+                if billed and len(entries) < capacity:
                     tier.account(now)
-                store.put(key, (tenant, intent, good, now + tier.ttl_s))
+                put(key, (tenant, intent, good, now + ttl_s))
         sem = self.semantic
         if sem is not None and not sem.down:
             sem.put(tenant, key, self._embeddings[tenant][intent, R.variant[i]], intent, good, now)
@@ -439,9 +441,6 @@ class Platform:
                     self.semantic.put(tenant, key, cat.embeddings[intent, 0], intent, good, 0.0)
 
     # -- pool and backends -------------------------------------------------------------------
-    def _on_enter_pool(self, wakeup: _Wakeup) -> None:
-        self._enter_pool(wakeup._value)
-
     def _enter_pool(self, i: int) -> None:
         self.entering -= 1
         pool = self.pool
@@ -450,9 +449,9 @@ class Platform:
         if pool.free and not pool.queue:
             self._start(i)
         elif len(pool.queue) >= pool.cfg.max_queue:
-            self._drop(i, DROPPED_QUEUE_FULL, self.env.now)
+            self._drop(i, DROPPED_QUEUE_FULL, self.env._now)
         else:
-            self.requests.enqueue_s[i] = self.env.now
+            self.requests.enqueue_s[i] = self.env._now
             pool.queue.append(i)
 
     def _expire_queue(self) -> None:
@@ -461,7 +460,7 @@ class Platform:
         if not queue:
             return
         timeout = self.pool.cfg.queue_timeout_s
-        now = self.env.now
+        now = self.env._now
         enqueue_s = self.requests.enqueue_s
         while queue and enqueue_s[queue[0]] + timeout <= now:
             i = queue.popleft()
@@ -479,7 +478,7 @@ class Platform:
     def _start(self, i: int) -> None:
         R = self.requests
         R.replica[i] = self.pool.acquire()
-        now = self.env.now
+        now = self.env._now
         R.start_s[i] = now
         if R.enqueue_s[i] != R.enqueue_s[i]:  # nan: it never waited
             R.enqueue_s[i] = now
@@ -517,8 +516,7 @@ class Platform:
             self._failing[i] = status
         self._after(duration, self._on_call_done, i)
 
-    def _on_call_done(self, wakeup: _Wakeup) -> None:
-        i: int = wakeup._value
+    def _on_call_done(self, i: int) -> None:
         R = self.requests
         backend = self.backends[R.backend[i]]
         backend.busy -= 1
@@ -539,14 +537,14 @@ class Platform:
                     ok = type(level) is int and 0 <= level < self.n_levels
                     self._insert(i, level if ok else self._check_level(level))
         else:
-            self._drop(i, FAILED_ERROR if status == BACKEND_ERROR else FAILED_TIMEOUT, self.env.now)
+            self._drop(i, FAILED_ERROR if status == BACKEND_ERROR else FAILED_TIMEOUT, self.env._now)
         if self.pool.queue:  # the freed slot goes to the queue's head
             self._dispatch()
 
     # -- outcomes --------------------------------------------------------------------------------
     def _complete(self, i: int) -> None:
         R = self.requests
-        now = self.env.now
+        now = self.env._now
         R.outcome[i] = COMPLETED
         R.end_s[i] = now
         self.completed += 1
@@ -646,7 +644,7 @@ class Platform:
     # -- results ------------------------------------------------------------------------------
     def storage_usd(self) -> float:
         """Cache storage billed so far, all tiers."""
-        now = self.env.now
+        now = self.env._now
         total = 0.0
         for tier in self._billed_levels:  # unbilled levels add exactly 0.0
             total += tier.storage_usd(now)
@@ -654,11 +652,19 @@ class Platform:
 
     def replica_usd(self) -> float:
         """Replica time billed so far."""
-        return self.pool.replica_seconds() * self.pool.cfg.usd_per_replica_hour / 3600.0
+        return self.pool.replica_seconds() * self._usd_per_replica_hour / 3600.0
 
     def cost_usd(self) -> float:
-        """Everything billed so far: replicas, tokens and cache storage."""
-        return self.replica_usd() + self.token_usd + self.storage_usd()
+        """Everything billed so far: replicas, tokens and cache storage.
+
+        Environments call this at every step: it is ``replica_usd() + token_usd +
+        storage_usd()`` with the calls inlined (same operations, same rounding).
+        """
+        now = self.env._now
+        storage = 0.0
+        for tier in self._billed_levels:
+            storage += tier.storage_usd(now)
+        return self.pool.replica_seconds() * self._usd_per_replica_hour / 3600.0 + self.token_usd + storage
 
     def kpis(self) -> dict[str, dict[str, float]]:
         """KPIs of the run so far, overall (``"all"``) and per tenant."""

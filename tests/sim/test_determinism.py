@@ -30,7 +30,7 @@ def test_same_seed_gives_identical_kpis_and_records(stressed_scenario: ScenarioC
 
 
 def test_simpys_own_loop_runs_the_platform_identically(stressed_scenario: ScenarioConfig) -> None:
-    """The per-request wakeups go straight onto SimPy's queue: env.run() must process them as run() does."""
+    """Per-request events are plain tuples in SimPy's queue: env.run() must process them as run() does."""
     ours, simpys = Platform(stressed_scenario), Platform(stressed_scenario)
     for until in (10.0, 60.0, stressed_scenario.duration_s):  # pausing and resuming, as environments do
         ours.run(until=until)
