@@ -205,7 +205,11 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         done = decision is None
         reward = self._reward()
         # The scenario's horizon is a time limit, not a terminal state: truncation.
-        return self._observe(decision), reward, False, done, self._info(done)
+        if decision is None or decision.metrics is not None:
+            info = self._info(done)
+        else:  # a per-request decision (tens of thousands per episode): _info() inlined
+            info = {"time_s": float(platform.env._now), "cost_usd": self._totals[0]}
+        return self._observe(decision), reward, False, done, info
 
     def _checked_action(self, action: Any) -> Any:
         """``action`` as plain Python ints (an int, or a list for MultiDiscrete), or a ValueError.

@@ -245,6 +245,7 @@ class AdmissionFeatures:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self._n_tenants = len(platform.scenario.workload.tenants)
+        self._no_tenant = [0.0] * self._n_tenants
         # Each tier's entries mapping: len() of it is C-speed, len() of the store a Python call.
         self._stores = [(t.store.entries, float(t.cfg.capacity)) for t in platform.tiers]
         semantic = platform.semantic
@@ -253,7 +254,7 @@ class AdmissionFeatures:
     def values(self, request: int, key_requests: int, key_age_s: float) -> list[float]:
         """The admission layout's values for ``request``; the caller tracks the key's frequency and age."""
         R = self.platform.requests
-        values = [0.0] * self._n_tenants
+        values = self._no_tenant.copy()
         values[R.tenant[request]] = 1.0
         values += (
             math.log1p(R.prompt_tokens[request]),
@@ -284,13 +285,16 @@ class KeyStats:
         self.seen = 0
 
     def observe(self, platform: Platform) -> None:
+        arrived, seen = platform.arrived, self.seen
+        if arrived == seen:
+            return
         R = platform.requests
         count, last_s = self.count, self.last_s
-        for j in range(self.seen, platform.arrived):
-            key = R.key[j]
-            count[key] = count.get(key, 0) + 1
-            last_s[key] = R.arrival_s[j]
-        self.seen = platform.arrived
+        get = count.get
+        for key, arrival_s in zip(R.key[seen:arrived], R.arrival_s[seen:arrived], strict=True):
+            count[key] = get(key, 0) + 1
+            last_s[key] = arrival_s
+        self.seen = arrived
 
     def of(self, key: int, now: float) -> tuple[int, float]:
         last = self.last_s.get(key)

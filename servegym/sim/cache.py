@@ -344,9 +344,11 @@ class ExactTier:
         self._last_t = now
 
     def storage_usd(self, now: float) -> float:
-        """Storage billed up to ``now``."""
-        self.account(now)
-        return self.entry_seconds * self.cfg.usd_per_entry_hour / 3600.0
+        """Storage billed up to ``now`` (reads the integral; changes nothing)."""
+        # What account(now) would add, without adding it: environments ask at every step,
+        # and a read must not change how the integral is summed.
+        entry_seconds = self.entry_seconds + len(self.store.entries) * (now - self._last_t)
+        return entry_seconds * self.cfg.usd_per_entry_hour / 3600.0
 
     def __len__(self) -> int:
         return len(self.store.entries)
@@ -451,6 +453,6 @@ class SemanticTier:
         self._last_t = now
 
     def storage_usd(self, now: float) -> float:
-        """Storage billed up to ``now``."""
-        self.account(now)
-        return self.entry_seconds * self.cfg.usd_per_entry_hour / 3600.0
+        """Storage billed up to ``now`` (reads the integral; changes nothing)."""
+        entry_seconds = self.entry_seconds + self.size * (now - self._last_t)
+        return entry_seconds * self.cfg.usd_per_entry_hour / 3600.0

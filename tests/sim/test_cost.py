@@ -73,3 +73,22 @@ def test_storage_is_billed_per_entry_hour(small_scenario: ScenarioConfig) -> Non
     assert platform.storage_usd() == pytest.approx(capacity * platform.now * price / 3600.0, rel=1e-9)
     replica_usd, token_usd, _ = _recomputed_cost(platform)
     assert platform.cost_usd() == pytest.approx(replica_usd + token_usd + platform.storage_usd(), rel=1e-9)
+
+
+def test_reading_the_cost_changes_nothing(stressed_scenario: ScenarioConfig) -> None:
+    """Environments read cost_usd() at every step; a run read often must equal a run read once, bit for bit."""
+    tiers = tuple(dataclasses.replace(t, usd_per_entry_hour=0.01) for t in stressed_scenario.cache.tiers)
+    semantic = dataclasses.replace(stressed_scenario.cache.semantic, usd_per_entry_hour=0.01)
+    scenario = dataclasses.replace(
+        stressed_scenario, cache=dataclasses.replace(stressed_scenario.cache, tiers=tiers, semantic=semantic)
+    )
+    read_often, read_once = Platform(scenario), Platform(scenario)
+    t = 0.0
+    while t < scenario.duration_s:
+        t = min(t + 0.37, scenario.duration_s)
+        read_often.run(until=t)
+        read_often.cost_usd()
+    read_once.run()
+    assert read_often.storage_usd() > 0
+    assert read_often.cost_usd() == read_once.cost_usd()
+    assert read_often.kpis() == read_once.kpis()
