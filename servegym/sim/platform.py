@@ -13,12 +13,13 @@ answer :data:`DEFER` instead of an action: the platform then parks the decision 
 :meth:`Platform.resolve` let a Gymnasium environment pause the simulation at the
 decision and resume it when its agent acts. Simulated time does not move in between.
 
-The per-request path avoids SimPy processes and ``Event`` objects: each cache answer,
-pool entry and backend call is one ``(handler, request)`` tuple in SimPy's event queue,
-and request attributes live in columnar lists indexed by request id. The platform's
-:class:`Engine` (a ``simpy.Environment`` subclass) knows how to process such an entry, so
-``env.run()``, ``env.step()`` and every SimPy process work as usual; see "the event
-queue" below.
+The per-request path avoids SimPy processes and ``Event`` objects: each arrival, cache
+answer, pool entry and backend call is one ``(handler, request)`` tuple in SimPy's event
+queue, and request attributes live in columnar lists indexed by request id. The
+platform's :class:`Engine` (a ``simpy.Environment`` subclass) knows how to process such
+an entry, so ``env.run()``, ``env.step()`` and every SimPy process work as usual; the
+per-request methods read the engine's clock attribute (``_now``, which the ``now``
+property returns) to save a property call each.
 """
 
 from __future__ import annotations
