@@ -24,7 +24,47 @@ from servegym.sim.platform import Platform
 from servegym.sim.telemetry import format_kpi_table, intervals_to_columns, write_chrome_trace, write_table
 from servegym.sim.workload import TraceError
 
-__all__ = ["main", "write_telemetry"]
+__all__ = ["TELEMETRY_FILES", "check_out_dir", "main", "write_telemetry"]
+
+
+# What write_telemetry() may write into its directory (requests and intervals in either format).
+TELEMETRY_FILES = (
+    "requests.csv",
+    "requests.parquet",
+    "intervals.csv",
+    "intervals.parquet",
+    "replicas.csv",
+    "incidents.json",
+    "kpis.json",
+    "scenario.yaml",
+    "trace.json",
+)
+
+
+def check_out_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse an output directory that would mix this run's telemetry with other files.
+
+    Called before the run, so a bad ``--out`` costs no simulation. A directory holding
+    only telemetry files may be reused with ``overwrite``: the old files are removed, so a
+    CSV run after a Parquet run does not leave the Parquet tables behind.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
+    if not out.is_dir():
+        return
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    others = [name for name in present if name not in TELEMETRY_FILES]
+    if others:
+        raise ValueError(
+            f"--out {out} holds files that are not servegym telemetry ({', '.join(others[:5])}): "
+            "choose another directory"
+        )
+    if not overwrite:
+        raise ValueError(f"--out {out} already holds telemetry ({', '.join(present)}): pass --overwrite to replace it")
+    for name in present:
+        (out / name).unlink()
 
 
 def write_telemetry(platform: Platform, out: Path, fmt: str = "csv", max_spans: int = 20_000) -> list[Path]:
@@ -74,6 +114,8 @@ def _simulate(args: argparse.Namespace) -> int:
         scenario = replace(scenario, seed=args.seed)
     if args.duration is not None:
         scenario = apply_overrides(scenario, [f"duration_s={args.duration}"])
+    if args.out is not None:
+        check_out_dir(Path(args.out), args.overwrite)
     start = time.perf_counter()
     platform = Platform(scenario)
     kpis = platform.run()
@@ -158,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--scenario", default="default", help="a shipped scenario name or a path to a YAML file")
     sim.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     sim.add_argument("--duration", type=float, default=None, help="override the simulated duration in seconds")
-    sim.add_argument("--out", default=None, help="write telemetry into this directory")
+    sim.add_argument("--out", default=None, help="write telemetry into this directory (new or empty)")
+    sim.add_argument("--overwrite", action="store_true", help="replace the telemetry already in --out")
     sim.add_argument(
         "--format", choices=("csv", "parquet"), default="csv", help="format of request and interval tables"
     )

@@ -82,12 +82,23 @@ def read_trace(path: str | Path, schema: str = "azure") -> Trace:
                 header = [c.strip() for c in row]
                 if schema == "azure":
                     if header != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
+                        hint = (
+                            ": it is the plain schema, set workload.trace_schema=plain"
+                            if header == ["time_s", "prompt_tokens", "output_tokens"]
+                            else ""
+                        )
                         raise TraceError(
-                            f"{where}: header {row} is not the Azure schema TIMESTAMP,ContextTokens,GeneratedTokens"
+                            f"{where}: header {row} is not the Azure schema "
+                            f"TIMESTAMP,ContextTokens,GeneratedTokens{hint}"
                         )
                     continue
                 if header == ["time_s", "prompt_tokens", "output_tokens"]:
                     continue
+                if header == ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
+                    raise TraceError(
+                        f"{where}: header {row} is the Azure schema, but workload.trace_schema = 'plain': "
+                        "set workload.trace_schema=azure"
+                    )
             if len(row) != 3:
                 raise TraceError(f"{where}: expected 3 fields, found {len(row)}: {row}")
             stamp, prompt, output = (cell.strip() for cell in row)

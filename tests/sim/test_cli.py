@@ -122,3 +122,27 @@ def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["simulate", "--format", "xlsx"])
     assert info.value.code == 2
     assert "invalid choice: 'xlsx'" in capsys.readouterr().err
+
+
+def test_out_is_checked_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file, a directory with other files, or old telemetry without --overwrite: exit 2 before simulating."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for out, says in ((a_file, "is a file"), (mine, "not servegym telemetry (notes.txt)")):
+        assert main(["simulate", "--duration", "60", "--out", str(out), *FAST]) == 2
+        captured = capsys.readouterr()
+        assert says in captured.err and "simulated s" not in captured.out  # nothing ran
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_old_telemetry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", "--duration", "30", "--format", "parquet", "--out", str(out), *FAST]) == 0
+    assert main(["simulate", "--duration", "30", "--out", str(out), *FAST]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["simulate", "--duration", "30", "--seed", "3", "--overwrite", "--out", str(out), *FAST]) == 0
+    assert (out / "requests.csv").is_file() and not (out / "requests.parquet").exists()
+    assert load_scenario(out / "scenario.yaml").seed == 3

@@ -122,6 +122,17 @@ def test_unreadable_traces(tmp_path: Path) -> None:
         read_trace(empty, "json")
 
 
+def test_a_trace_read_with_the_other_schema_says_which_to_set(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.csv"
+    plain.write_text("time_s,prompt_tokens,output_tokens\n0.0,10,5\n")
+    with pytest.raises(TraceError, match=r"line 1: .* set workload\.trace_schema=plain"):
+        read_trace(plain)
+    azure = tmp_path / "azure.csv"
+    azure.write_text(AZURE_HEADER + "\n" + _azure_rows(2)[0][0] + "\n")
+    with pytest.raises(TraceError, match=r"line 1: .* set workload\.trace_schema=azure"):
+        read_trace(azure, "plain")
+
+
 @pytest.mark.parametrize("speedup", [1.0, 4.0])
 def test_platform_replays_the_trace_exactly(tmp_path: Path, small_scenario: ScenarioConfig, speedup: float) -> None:
     rows, offsets, prompts, outputs = _azure_rows(400, seed=1)
