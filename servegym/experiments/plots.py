@@ -57,6 +57,17 @@ def _colours(policies: Sequence[str]) -> dict[str, Any]:
     return {p: cmap(i % cmap.N) for i, p in enumerate(policies)}
 
 
+def _nonnegative_bar(mean: float, half_width: float) -> list[list[float]] | None:
+    """An error bar (below, above) for a quantity that cannot be negative: the interval stops at 0.
+
+    With few seeds a t interval can reach below zero (cost, latency); drawing that part
+    would show impossible values, so the bar is the interval intersected with [0, inf).
+    """
+    if math.isnan(half_width):
+        return None
+    return [[min(half_width, max(mean, 0.0))], [half_width]]
+
+
 def cost_vs_latency(summaries: Sequence[ScenarioSummary], path: Path) -> Path:
     """Cost against p95 latency, means with 95% intervals as error bars; Pareto set ringed."""
     policies = list(dict.fromkeys(p for s in summaries for p in s.policies))
@@ -66,8 +77,7 @@ def cost_vs_latency(summaries: Sequence[ScenarioSummary], path: Path) -> Path:
         for p in s.policies:
             cost = s.estimates[p]["cost_usd"]
             p95 = s.estimates[p]["latency_p95_s"]
-            xerr = None if math.isnan(cost.half_width) else cost.half_width
-            yerr = None if math.isnan(p95.half_width) else p95.half_width
+            xerr, yerr = _nonnegative_bar(cost.mean, cost.half_width), _nonnegative_bar(p95.mean, p95.half_width)
             ax.errorbar(cost.mean, p95.mean, xerr=xerr, yerr=yerr, fmt="o", color=colour[p], capsize=3, label=p)
             if p in s.pareto:
                 ax.plot(cost.mean, p95.mean, "o", ms=14, mfc="none", mec="black", mew=1.2)
@@ -83,7 +93,7 @@ def cost_vs_latency(summaries: Sequence[ScenarioSummary], path: Path) -> Path:
         ncol=min(len(labels), 4),
         bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(labels) // 4)),
     )
-    fig.suptitle("cost vs p95 latency (mean ± 95% CI over seeds; ringed: Pareto set)")
+    fig.suptitle("cost vs p95 latency (mean ± 95% CI over seeds, cut at 0; ringed: Pareto set)")
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     return _save(fig, path)
 
