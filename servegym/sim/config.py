@@ -600,28 +600,70 @@ def scenario_to_dict(scenario: ScenarioConfig) -> dict[str, Any]:
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "conf" / "scenario"
 
 
-def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ScenarioConfig:
-    """Load a shipped scenario by name (``default``) or any scenario YAML file by path.
-
-    ``overrides`` (``dotted.key=value``) are applied to the file's contents *before* the
-    scenario is validated, so a scenario that is incomplete on its own (``trace_replay``
-    needs ``workload.trace_path``) loads once the override supplies the missing value.
-    """
+def _scenario_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """The file of a shipped scenario name, or a path (relative to ``relative_to``'s directory)."""
     path = Path(name_or_path)
     if not path.suffix:
         shipped = SCENARIO_DIR / f"{name_or_path}.yaml"
         if not shipped.exists():
             available = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
             raise ConfigError(f"no shipped scenario named {name_or_path!r}; available: {available}")
-        path = shipped
+        return shipped
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to.parent / path
     if not path.exists():
         raise ConfigError(f"scenario file {path} does not exist")
+    return path
+
+
+def _merged(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _scenario_data(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A scenario file's mapping, with its ``base:`` (a shipped name or a path) merged in underneath."""
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"{path}: base scenarios form a cycle: {cycle}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a scenario file must hold a mapping, not {type(data).__name__}")
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base = {base!r} is invalid: give a shipped scenario name or a YAML path")
+    try:
+        base_path = _scenario_path(base, relative_to=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base: {exc}") from None
+    return _merged(_scenario_data(base_path, (*chain, path.resolve())), data)
+
+
+def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ScenarioConfig:
+    """Load a shipped scenario by name (``default``) or any scenario YAML file by path.
+
+    A file may start from another scenario with ``base: <shipped name or path>``: its
+    keys then override the base's (mappings merge key by key, lists such as ``backends``
+    are replaced whole), so ``{base: default, pool: {max_replicas: 30}}`` is the default
+    scenario with a larger pool. Without ``base``, missing keys take the dataclasses'
+    defaults. ``overrides`` (``dotted.key=value``) are applied to the file's contents
+    *before* the scenario is validated, so a scenario that is incomplete on its own
+    (``trace_replay`` needs ``workload.trace_path``) loads once the override supplies
+    the missing value.
+    """
+    path = _scenario_path(name_or_path)
+    data = _scenario_data(path)
     try:
         complete = scenario_from_dict(copy.deepcopy(data))
     except ConfigError as exc:

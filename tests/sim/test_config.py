@@ -328,3 +328,34 @@ def test_overrides_complete_a_scenario_that_is_incomplete_on_its_own(tmp_path: P
     # a complete file keeps the strict path: an unknown key is named with the allowed ones
     with pytest.raises(ConfigError, match=r"unknown key pool\.max_replica; allowed:"):
         load_scenario("default", ["pool.max_replica=3"])
+
+
+def test_a_scenario_file_can_start_from_a_base(tmp_path: Path) -> None:
+    """``base:`` names a shipped scenario or a path; the file's keys override it, lists replace whole."""
+    default = load_scenario("default")
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text("base: default\nname: bigger\npool: {max_replicas: 30}\n")
+    scenario = load_scenario(bigger)
+    expected = dataclasses.replace(default, name="bigger", pool=dataclasses.replace(default.pool, max_replicas=30))
+    assert scenario == expected
+    # a base given by a path relative to the file, two levels deep, with overrides on top
+    (tmp_path / "sub").mkdir()
+    one_backend = tmp_path / "sub" / "one_backend.yaml"
+    one_backend.write_text("base: ../bigger.yaml\nbackends: [{name: only}]\n")
+    scenario = load_scenario(one_backend, ["duration_s=60"])
+    assert [b.name for b in scenario.backends] == ["only"]
+    assert (scenario.pool.max_replicas, scenario.duration_s, scenario.workload) == (30, 60.0, default.workload)
+
+
+def test_bad_bases_are_named(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="base scenarios form a cycle"):
+        load_scenario(a)
+    a.write_text("base: nosuch\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: base: no shipped scenario named 'nosuch'"):
+        load_scenario(a)
+    a.write_text("base: default\npool: {max_replica: 3}\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: .*pool\.max_replica"):
+        load_scenario(a)
