@@ -31,6 +31,12 @@ caching or platform policy runs alone inside its Gymnasium environment (no time 
 ``policy_defs.<label>`` names a variant: a spec with scenario overrides and policy
 parameters (the headline experiment's "plain platform, no cache" is one).
 
+Policy arguments are ``params.<policy>.<argument>``; the ``policy`` config group
+(``servegym/conf/policy/<name>.yaml``) fills ``params`` with every policy's defaults, so
+``--cfg job`` shows them and a misspelt argument fails at composition. The ``workload``
+config group replaces the workload of every compared scenario (``workload=diurnal``); the
+tables then name each scenario ``<scenario>+<workload>``.
+
 Each job returns the mean ``objective_usd`` (cost plus a price per SLO miss and per bad
 answer), which the Optuna sweeper minimises when tuning heuristics.
 """
@@ -57,7 +63,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from servegym.experiments.evaluate import DECISIONS, KPI_COLUMNS, PolicyResult, objective_usd, simulate
 from servegym.experiments.leaderboard import HIGHER_IS_BETTER, ScenarioSummary, format_summary, summarise
@@ -147,8 +153,11 @@ class PolicyDef:
 def resolve_policy(label: str, policy_defs: Mapping[str, Any], params: Mapping[str, Any]) -> PolicyDef:
     """The definition of ``label``: from ``policy_defs`` if it names one there, else ``label`` is the spec.
 
-    The spec's parts must be known policy names or trained-policy references; the error
-    says which part is wrong and what is allowed.
+    A definition's ``params`` override ``params`` argument by argument (``policy_defs.x.params.hpa
+    = {tolerance: 0.2}`` keeps every other argument of ``params.hpa``). The spec's parts must be
+    known policy names or trained-policy references, and the arguments they use must be set
+    (``params.scheduled.schedule`` has no default); the error says which part or key is wrong
+    and what is allowed.
     """
     entry = policy_defs.get(label)
     if entry is None:
@@ -159,7 +168,13 @@ def resolve_policy(label: str, policy_defs: Mapping[str, Any], params: Mapping[s
         unknown = sorted(set(entry) - {"spec", "scenario", "params"})
         if unknown:
             raise ConfigError(f"policy_defs.{label}: unknown key {unknown[0]}; allowed: spec, scenario, params")
-        merged = {**params, **dict(entry.get("params") or {})}
+        own = dict(entry.get("params") or {})
+        for name, args in own.items():
+            if not isinstance(args, Mapping):
+                raise ConfigError(
+                    f"policy_defs.{label}.params.{name} = {args!r} is invalid: must map argument names to values"
+                )
+        merged = {**params, **{name: {**dict(params.get(name) or {}), **dict(args)} for name, args in own.items()}}
         overrides = tuple(str(o) for o in entry.get("scenario") or ())
         definition = PolicyDef(label, str(entry["spec"]), overrides, merged)
     for part in definition.spec.split("+"):
@@ -170,6 +185,12 @@ def resolve_policy(label: str, policy_defs: Mapping[str, Any], params: Mapping[s
                 f"policy {label!r}: {part!r} is not a policy; use one of {', '.join(sorted(DECISIONS))}, "
                 "run:<mlflow run id> or models:/<registered name>/<version>"
             )
+        for key, value in dict((definition.params or {}).get(part) or {}).items():
+            if isinstance(value, str) and value == MISSING:
+                raise ConfigError(
+                    f"policy {label!r}: params.{part}.{key} is required and has no default "
+                    f"(servegym/conf/policy/{part}.yaml); give it, e.g. params.{part}.{key}=<value>"
+                )
     return definition
 
 
@@ -347,12 +368,16 @@ def _metric_key(text: str) -> str:
 
 
 # -- one job -----------------------------------------------------------------------------------
-def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir: str | None) -> float:
+def run_job(
+    cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir: str | None, workload: str | None = None
+) -> float:
     """Run one policy on one scenario over all seeds as a nested MLflow run; returns the mean objective.
 
-    ``sweep_dir`` identifies the comparison's parent run (None: a top-level run). A job that
-    fails records its error in its run (status FAILED) and returns ``nan``, so the other
-    jobs and the aggregation still run.
+    ``sweep_dir`` identifies the comparison's parent run (None: a top-level run). ``workload``
+    is the option of the ``workload`` config group that replaced the scenario's workload, if
+    any: the job names its scenario ``<scenario>+<workload>``, so tables never pass a
+    replaced workload off as the scenario's own. A job that fails records its error in its
+    run (status FAILED) and returns ``nan``, so the other jobs and the aggregation still run.
     """
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     c: dict[str, Any] = {str(k): v for k, v in raw.items()}  # type: ignore[union-attr]
@@ -361,14 +386,18 @@ def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir
     client = MlflowClient(tracking_uri=uri)
     experiment_id = _experiment_id(client, str(tracking.get("experiment", "servegym-compare")))
     parent = _find_parent(client, experiment_id, sweep_dir) if sweep_dir else None
-    label = str(c.get("label") or c["policy"])
+    label = str(c.get("label") or c["job_policy"])
     scenario_name = str((c.get("scenario") or {}).get("name", "?"))
+    if workload:
+        scenario_name = f"{scenario_name}+{workload}"
     tags = {
         "servegym.kind": "compare_job",
         "servegym.policy": label,
         "servegym.scenario": scenario_name,
         "servegym.env": str(c.get("env_id")),
     }
+    if workload:
+        tags["servegym.workload"] = workload
     if parent is not None:
         tags["mlflow.parentRunId"] = parent.info.run_id
         tags["servegym.comparison"] = parent.info.run_id
@@ -377,7 +406,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir
     run = client.create_run(experiment_id, run_name=f"{label}__{scenario_name}", tags=tags)
     run_id = run.info.run_id
     try:
-        definition = resolve_policy(str(c["policy"]), c.get("policy_defs") or {}, c.get("params") or {})
+        definition = resolve_policy(str(c["job_policy"]), c.get("policy_defs") or {}, c.get("params") or {})
         data = dict(c["scenario"])
         trace = (data.get("workload") or {}).get("trace_path")
         if trace and not Path(str(trace)).is_absolute():
@@ -388,6 +417,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir
             raise ConfigError(f"scenario.{exc}") from exc
         scenario = apply_overrides(scenario, list(definition.scenario_overrides))
         seeds = seeds_of(c.get("seeds"))
+        parts = definition.spec.split("+")
         env_id = str(c.get("env_id", "Platform-v0"))
         client.log_batch(
             run_id,
@@ -399,9 +429,11 @@ def run_job(cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir
                         "spec": definition.spec,
                         "scenario": scenario_name,
                         "scenario_overrides": list(definition.scenario_overrides),
+                        "workload": workload or "scenario",
                         "seeds": seeds,
                         "env": env_id,
-                        "params": dict(definition.params or {}),
+                        # the arguments of the policies this job runs, not of every policy in params
+                        "params": {k: v for k, v in (definition.params or {}).items() if k in parts},
                     }
                 ).items()
             ],
@@ -459,6 +491,12 @@ def _validate(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"scenarios: no shipped scenario named {name!r}; available: {available}")
     if len(set(map(str, policies))) != len(policies):
         raise ConfigError(f"policies = {policies} lists a policy twice")
+    named = sorted(set(DECISIONS) - {"builtin"})
+    for name, args in (config.get("params") or {}).items():
+        if name not in named:
+            raise ConfigError(f"params.{name}: no policy is named {name!r}; policies: {', '.join(named)}")
+        if not isinstance(args, Mapping):
+            raise ConfigError(f"params.{name} = {args!r} is invalid: must map argument names to values")
     for label in policies:
         resolve_policy(str(label), config.get("policy_defs") or {}, config.get("params") or {})
     seeds_of(config.get("seeds"))
@@ -469,7 +507,7 @@ def _validate(config: Mapping[str, Any]) -> None:
 
 def _comparison_config(config: DictConfig) -> dict[str, Any]:
     """The comparison's own settings (no Hydra node, no per-job keys), resolved."""
-    keys = [k for k in config if k not in ("hydra", "policy", "label", "scenario")]
+    keys = [k for k in config if k not in ("hydra", "job_policy", "label", "scenario")]
     out = {}
     for k in keys:
         node = config[k]
@@ -686,4 +724,4 @@ def app(cfg: DictConfig) -> float:
     sweep_dir = None
     if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
         sweep_dir = str((Path(hydra_cfg.runtime.cwd) / hydra_cfg.sweep.dir).resolve())
-    return run_job(cfg, hydra_cfg.runtime.cwd, sweep_dir)
+    return run_job(cfg, hydra_cfg.runtime.cwd, sweep_dir, hydra_cfg.runtime.choices.get("workload"))

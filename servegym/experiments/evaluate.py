@@ -104,7 +104,10 @@ def _controller(
     """The controller for policy ``spec`` (names joined by ``+``) on ``platform``.
 
     ``trained`` gives ready-made policies by decision (``"scaling"``, ``"routing"``, ...);
-    the names in ``spec`` make the other decisions.
+    the names in ``spec`` make the other decisions. Arguments that default to the run's
+    own setting — ``static``'s ``replicas`` (the pool's initial size), the random routers'
+    ``seed`` (this seed) and ``fixed_threshold``'s ``threshold`` (the scenario's) — take it
+    when absent or null, as ``servegym/conf/policy/`` writes them.
     """
     names = [n for n in spec.split("+") if n]
     allowed = ENV_DECISIONS.get(env_id.removeprefix("servegym/"))
@@ -141,21 +144,22 @@ def _controller(
         kwargs = dict(params.get(name, {}))
         if decision == "scaling":
             kwargs = {**scaling_kwargs(scenario), **kwargs}
-            if name == "static":
-                kwargs.setdefault("replicas", scenario.pool.initial_replicas)
+            if name == "static" and kwargs.get("replicas") is None:
+                kwargs["replicas"] = scenario.pool.initial_replicas
         elif decision == "routing":
             kwargs = {
                 "layout": routing_layout(platform),
                 "backend_names": [b.name for b in scenario.backends],
                 **kwargs,
             }
-            if name in ("random", "power_of_two"):
-                kwargs.setdefault("seed", seed)
+            if name in ("random", "power_of_two") and kwargs.get("seed") is None:
+                kwargs["seed"] = seed
         elif decision == "admission":
             kwargs = {"layout": admission_layout(platform), **kwargs}
         elif decision == "threshold":
             kwargs = {"layout": interval_layout(scenario), **kwargs}
-            kwargs.setdefault("threshold", scenario.cache.semantic.threshold)
+            if kwargs.get("threshold") is None:
+                kwargs["threshold"] = scenario.cache.semantic.threshold
         built[decision] = make_policy(name, **kwargs)
     return PolicyController(**built)
 

@@ -9,6 +9,13 @@ scenario YAML, so Hydra rejects a misspelt key or a mistyped value while composi
 naming the full key (``scenario.pool.max_replica``). Value checks (ranges, the allowed
 strings of a ``Literal``) then run in :func:`servegym.sim.config.scenario_from_dict`,
 before anything is simulated or trained.
+
+The ``schema/workload`` node is the twin of :class:`~servegym.sim.config.WorkloadConfig`
+alone. Every option of the ``workload`` config group lists it first in its defaults
+(``- /schema/workload@_here_``): merged over the selected scenario's workload, it resets
+every field to the dataclass default before the option's own values, so ``workload=X``
+*replaces* the scenario's workload with X's instead of patching it (a scenario's flash
+crowds or burst rates would otherwise survive the switch).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from hydra.core.config_store import ConfigStore
 
-from servegym.sim.config import ScenarioConfig
+from servegym.sim.config import ScenarioConfig, WorkloadConfig
 
 __all__ = ["register_configs", "schema_of"]
 
@@ -90,5 +97,7 @@ schema_of(ScenarioConfig)
 
 
 def register_configs() -> None:
-    """Register the structured scenario schema with Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(group="schema", name="scenario", node=schema_of(ScenarioConfig), package="scenario")
+    """Register the structured scenario and workload schemas with Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(group="schema", name="scenario", node=schema_of(ScenarioConfig), package="scenario")
+    store.store(group="schema", name="workload", node=schema_of(WorkloadConfig), package="scenario.workload")

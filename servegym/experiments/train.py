@@ -1,9 +1,10 @@
 """``servegym train``: train one learner on one environment and scenario, tracked in MLflow.
 
-A Hydra app (config ``servegym/conf/train.yaml``; groups ``scenario``, ``env``, ``agent``,
-``tracking``)::
+A Hydra app (config ``servegym/conf/train.yaml``; groups ``scenario``, ``workload``, ``env``,
+``agent``, ``tracking``)::
 
     servegym train env=autoscaling agent=ppo scenario=default seed=0 total_timesteps=50000
+    servegym train scenario=default workload=diurnal # the default platform under the diurnal workload
     servegym train -m seed=0,1,2 agent=ppo,a2c       # multirun: every job its own MLflow run
     servegym train resume=<run id>                   # continue an interrupted run
 
@@ -508,6 +509,7 @@ def run_training(
     callbacks: Sequence[BaseCallback] = (),
     base_dir: str | Path | None = None,
     resume_overrides: Sequence[str] = (),
+    workload: str | None = None,
 ) -> TrainResult:
     """Validate ``cfg``, train, evaluate and record everything in one MLflow run.
 
@@ -515,7 +517,10 @@ def run_training(
     directory a relative tracking URI is resolved against (default: the current one). A
     resumed run uses its own logged config; of ``resume_overrides`` (the command line),
     only ``total_timesteps`` (to extend the budget), ``progress_bar`` and ``tracking.*``
-    apply, and anything else is refused rather than silently ignored.
+    apply, and anything else is refused rather than silently ignored. ``workload`` names
+    the ``workload`` config group's option that replaced the scenario's workload, if any:
+    the run is named after both (``Autoscaling-v0__ppo__default+diurnal__seed0``) and
+    tagged ``servegym.workload``, so runs that differ only in workload are told apart.
     """
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container: dict[str, Any] = {str(k): value for k, value in raw.items()}  # type: ignore[union-attr]
@@ -552,9 +557,10 @@ def run_training(
             active = mlflow.start_run(run_id=str(resume))
         else:
             experiment = mlflow.set_experiment(str(tracking.get("experiment", "servegym")))
+            scenario_label = f"{v.scenario.name}+{workload}" if workload else v.scenario.name
             active = mlflow.start_run(
                 experiment_id=experiment.experiment_id,
-                run_name=run_name(v.env_id, agent_name, v.scenario.name, v.seed),
+                run_name=run_name(v.env_id, agent_name, scenario_label, v.seed),
             )
         with active as run:
             run_id = run.info.run_id
@@ -570,6 +576,7 @@ def run_training(
                         "servegym.kind": v.kind,
                         "servegym.scenario": v.scenario.name,
                         "servegym.seed": str(v.seed),
+                        **({"servegym.workload": workload} if workload else {}),
                     }
                 )
             with BatchLogger(run_id, client, int(tracking.get("flush_every", 500))) as batch:
@@ -597,6 +604,14 @@ def _explicit_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def _workload_choice() -> str | None:
+    """The option of the ``workload`` config group this job selected (None: the scenario's own)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("workload")
+    return None if choice is None else str(choice)
+
+
 register_configs()
 
 
@@ -604,7 +619,12 @@ register_configs()
 def app(cfg: DictConfig) -> float | None:
     """Hydra entry point of ``servegym train``; returns ``eval/objective_usd`` for sweepers such as Optuna."""
     try:
-        result = run_training(cfg, base_dir=hydra.utils.get_original_cwd(), resume_overrides=_explicit_overrides())
+        result = run_training(
+            cfg,
+            base_dir=hydra.utils.get_original_cwd(),
+            resume_overrides=_explicit_overrides(),
+            workload=_workload_choice(),
+        )
     except (ConfigError, TraceError, ValueError) as exc:
         # the MLflow run (if one started) is kept and marked FAILED
         print(f"servegym train: error: {exc}", file=sys.stderr)
