@@ -15,6 +15,11 @@ SAC needs a continuous action space; on a ``Discrete(n)`` environment it acts th
 ``Discrete`` and ``MultiDiscrete``; MaskablePPO additionally uses the environment's
 ``action_masks()`` (Autoscaling-v0 and Platform-v0 mask replica targets below the pool's
 minimum).
+
+SB3 checks the training budget only between collections of experience: a rollout of
+``n_steps`` per environment for the on-policy learners, ``train_freq`` steps per
+environment for the off-policy ones. :func:`rollout_timesteps` gives that size, so a
+budget that is not a multiple of it can be reported instead of silently rounded up.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 import servegym.envs
@@ -46,6 +54,7 @@ __all__ = [
     "build_model",
     "check_algorithm",
     "make_vec_env",
+    "rollout_timesteps",
 ]
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
@@ -163,6 +172,23 @@ def build_model(
         return ALGORITHMS[algo](policy, venv, seed=seed, device=device, verbose=0, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(f"agent.hyperparams: {ALGORITHMS[algo].__name__} rejected them: {exc}") from exc
+
+
+def rollout_timesteps(model: BaseAlgorithm) -> int | None:
+    """Timesteps one collection of experience takes; ``learn`` only stops at a multiple of it.
+
+    On-policy learners (PPO, A2C, MaskablePPO) collect a rollout of ``n_steps`` on each of
+    ``n_envs`` environments; off-policy learners (DQN, SAC) ``train_freq`` steps on each,
+    when ``train_freq`` counts steps. None when it counts episodes, whose length is not
+    known in advance.
+    """
+    if isinstance(model, OnPolicyAlgorithm):
+        return int(model.n_steps) * int(model.n_envs)
+    if isinstance(model, OffPolicyAlgorithm):
+        freq: Any = model.train_freq  # typed as given (int or tuple); a TrainFreq once the model is set up
+        if isinstance(freq, TrainFreq) and freq.unit == TrainFrequencyUnit.STEP:
+            return int(freq.frequency) * int(model.n_envs)
+    return None
 
 
 class SB3Policy:

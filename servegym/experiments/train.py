@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,15 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 import servegym.envs
 from servegym.agents.admission import CachingEnvPolicy, LearnedAdmission
 from servegym.agents.io import load_policy, save_policy
-from servegym.agents.sb3 import ALGORITHMS, SB3Policy, build_model, check_algorithm, check_hyperparams, make_vec_env
+from servegym.agents.sb3 import (
+    ALGORITHMS,
+    SB3Policy,
+    build_model,
+    check_algorithm,
+    check_hyperparams,
+    make_vec_env,
+    rollout_timesteps,
+)
 from servegym.envs import ENV_IDS
 from servegym.envs.features import Layout
 from servegym.experiments.evaluate import DECISIONS, objective_usd
@@ -273,6 +282,35 @@ def _interrupt_on_sigterm() -> Callable[[], None]:
     return restore
 
 
+def _warn_if_rounded_up(model: BaseAlgorithm, total_timesteps: int) -> None:
+    """Warn when SB3 will train past ``total_timesteps`` because it only stops between collections.
+
+    With 4 envs x ``n_steps`` 256, ``total_timesteps=64`` trains 1,024 steps: the warning
+    names the budget, the collection size and the steps that will actually run.
+    """
+    size = rollout_timesteps(model)
+    done = int(model.num_timesteps)
+    if size is None or (total_timesteps - done) % size == 0:
+        return
+    actual = done + math.ceil((total_timesteps - done) / size) * size
+    if isinstance(model, OffPolicyAlgorithm):
+        what = f"train_freq {size // model.n_envs} steps x {model.n_envs} envs"
+    else:
+        what = f"n_steps {size // model.n_envs} x {model.n_envs} envs"
+    rollout = f"the rollout size {size} ({what})"
+    budget, ending = f"total_timesteps={total_timesteps} is", f"{actual} timesteps will run"
+    if done:  # resumed: what is left after the checkpoint is rounded up
+        left = total_timesteps - done
+        budget = f"total_timesteps={total_timesteps} leaves {left} after the checkpoint's {done}, which is"
+        ending = f"training will end at {actual} timesteps"
+    warnings.warn(
+        f"{budget} not a multiple of {rollout}: SB3 trains whole rollouts, so {ending}, "
+        f"{actual - total_timesteps} more than total_timesteps. Use a multiple of {size} to train exactly the budget.",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
 class _MlflowWriter(KVWriter):
     """SB3 logger output that buffers numeric values into a :class:`BatchLogger`."""
 
@@ -403,6 +441,8 @@ class _Trainer:
             torch.set_num_threads(int(threads))
         model = self.build(resume_from)
         remaining = self.v.total_timesteps - int(model.num_timesteps)
+        if remaining > 0:
+            _warn_if_rounded_up(model, self.v.total_timesteps)
         progress = self.cfg.get("progress_bar", "auto")
         show = sys.stderr.isatty() if progress == "auto" else bool(progress)
         if remaining > 0:
@@ -521,6 +561,10 @@ def run_training(
     the ``workload`` config group's option that replaced the scenario's workload, if any:
     the run is named after both (``Autoscaling-v0__ppo__default+diurnal__seed0``) and
     tagged ``servegym.workload``, so runs that differ only in workload are told apart.
+
+    The run records ``budget/trained_timesteps``: SB3 stops only between rollouts (or
+    ``train_freq`` collections), so it can exceed ``total_timesteps``; a warning says by
+    how much before training starts.
     """
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container: dict[str, Any] = {str(k): value for k, value in raw.items()}  # type: ignore[union-attr]
@@ -590,6 +634,7 @@ def run_training(
                     batch.flush()
                     mlflow.end_run(status="KILLED")
                     raise
+                batch.log({"budget/trained_timesteps": steps}, steps)
                 kpis = trainer.log_eval(policy, steps)
                 batch.flush()
             save_policy(policy, workdir / "policy")
