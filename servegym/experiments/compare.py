@@ -81,6 +81,7 @@ __all__ = [
     "aggregate",
     "app",
     "objective_usd",
+    "refuse_list_sweeps",
     "resolve_policy",
     "run_job",
     "seeds_of",
@@ -477,6 +478,47 @@ def _param(key: str, value: str) -> Any:
 
 
 # -- the comparison ----------------------------------------------------------------------------
+ITERATED_KEYS = {
+    "policies": "policies",
+    "job_policy": "policies",
+    "scenarios": "scenarios",
+    "scenario": "scenarios",
+    "seeds": "seeds",
+    "holdout_seeds": "holdout_seeds",
+    "gap_kpis": "gap_kpis",
+    "baseline": "baseline",
+}
+"""Keys the comparison iterates itself (or sets per job): a Hydra sweep over one is a mistake."""
+
+
+def refuse_list_sweeps(task_overrides: Sequence[str]) -> None:
+    """Refuse a command-line sweep over a key the comparison iterates itself.
+
+    Hydra reads ``policies=hpa,jsq`` (no brackets) as a sweep — one job list per value —
+    and each value is then ignored, since the jobs come from ``policies``: the default
+    policies ran twice and the command exited 0. A sweep over ``workload`` (or over
+    policy arguments, for a tuning sweeper) is meant and passes.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        key = override.key_or_group
+        if not override.is_sweep_override() or key not in ITERATED_KEYS:
+            continue
+        target = ITERATED_KEYS[key]
+        value = str(override.input_line).partition("=")[2]
+        if key == "baseline":
+            raise ConfigError(
+                f"{override.input_line} is a Hydra sweep, but a comparison has one baseline: write baseline=<policy>"
+            )
+        example = f"{target}=[{value}]" if override.value_type == ValueType.SIMPLE_CHOICE_SWEEP else f"{target}=[a,b]"
+        raise ConfigError(
+            f"{override.input_line} is a Hydra sweep (a comma list without brackets), not a list: the comparison "
+            f"iterates {target} itself, so write {example}"
+        )
+
+
 def _validate(config: Mapping[str, Any]) -> None:
     """Fail before any job starts: unknown scenarios or policies, a baseline that is not compared."""
     policies = list(config.get("policies") or [])
@@ -669,6 +711,7 @@ class ComparisonCallback(Callback):
         """Validate the comparison and create its parent run."""
         comparison = _comparison_config(config)
         try:
+            refuse_list_sweeps([str(o) for o in config.hydra.overrides.task])
             _validate(comparison)
         except ConfigError as exc:
             # Hydra turns exceptions in callbacks into warnings and carries on; stop before any job starts.

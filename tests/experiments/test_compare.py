@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -13,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from servegym.cli import main
-from servegym.experiments.compare import resolve_policy
+from servegym.experiments.compare import refuse_list_sweeps, resolve_policy
 from servegym.sim.config import ConfigError, load_scenario, scenario_from_dict
 from servegym.sim.platform import Platform
 
@@ -119,12 +120,27 @@ def test_bad_comparisons_fail_before_any_job(
         ("scenarios=[stedy]", "no shipped scenario named 'stedy'"),
         ("baseline=jsq", "baseline = 'jsq' is not among policies"),
         ("policies=[hpa+routr]", "'routr' is not a policy"),
+        # Without brackets Hydra reads a list as a sweep: refused, with the list to write instead.
+        ("policies=hpa,jsq", "write policies=[hpa,jsq]"),
+        ("scenarios=steady,bursty", "write scenarios=[steady,bursty]"),
+        ("seeds=1,2", "write seeds=[1,2]"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(["compare", override, uri, "hydra.sweep.dir=sweep"])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_only_sweeps_over_keys_the_comparison_iterates_are_refused() -> None:
+    refuse_list_sweeps(["workload=poisson,diurnal", "params.hpa.target_utilisation=interval(0.4,0.9)", "seeds=[1,2]"])
+    for override, message in (
+        ("seeds=range(1,3)", "write seeds=[a,b]"),
+        ("scenario=steady,bursty", "write scenarios=[steady,bursty]"),
+        ("baseline=hpa,jsq", "one baseline"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            refuse_list_sweeps([override])
 
 
 def _compose(overrides: list[str], config_name: str = "compare") -> OmegaConf:
