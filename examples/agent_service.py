@@ -359,6 +359,9 @@ class AgentService:
         self.total.routing_decisions += self.stats.routing_decisions
         self.total.routing_applied += self.stats.routing_applied
         self.total.served += self.stats.served
+        self.total.arrivals += self.stats.arrivals
+        self.total.latencies_s += self.stats.latencies_s
+        self.total.slo_violations += self.stats.slo_violations
         entry: dict[str, Any] = {"mode": self.mode, "features": features, "scaling_decision": decision}
         if self.routing is not None:
             entry["routing"] = self.routing_summary()
@@ -452,12 +455,38 @@ def main(argv: list[str] | None = None) -> int:
         scaling, routing, mode=args.mode, interval_s=args.interval, routing_sample=max(0, args.routing_sample)
     )
     total = asyncio.run(service.run(args.duration, args.rate, 4 * args.rate))
-    print(
-        f"{args.mode}: served {total.served} requests; {len(total.scaling_decisions)} scaling decisions "
-        f"(last {total.scaling_decisions[-1:]}), {len(total.routing_decisions)} routing decisions"
-        + (f"; decision log in {args.log_file}" if args.log_file else "")
-    )
+    print(summary(args.mode, total, service.slo_s) + (f"; decision log in {args.log_file}" if args.log_file else ""))
     return 0
+
+
+def summary(mode: str, total: Stats, slo_s: float) -> str:
+    """One line on what the service did over its completed control intervals.
+
+    In shadow mode the latencies are the fallback's (the policy only watched), and the
+    routing agreement says how often the policy would have chosen what the fallback did.
+    """
+    lat = sorted(total.latencies_s)
+    served = len(lat)
+    parts = [f"{mode}: {total.arrivals} arrivals, {total.served} served"]
+    if served:
+        p50, p95 = lat[served // 2], lat[min(served - 1, int(0.95 * served))]
+        parts.append(
+            f"latency p50 {p50:.3f} s, p95 {p95:.3f} s, "
+            f"{100.0 * total.slo_violations / served:.1f}% over the {slo_s:g} s SLO"
+        )
+    if total.scaling_decisions:
+        parts.append(
+            f"{len(total.scaling_decisions)} scaling decisions "
+            f"(replicas {min(total.scaling_decisions)}..{max(total.scaling_decisions)}, "
+            f"last {total.scaling_decisions[-1]})"
+        )
+    if total.routing_decisions:
+        agree = sum(a == b for a, b in zip(total.routing_decisions, total.routing_applied, strict=True))
+        parts.append(
+            f"{len(total.routing_decisions)} routing decisions "
+            f"({100.0 * agree / len(total.routing_decisions):.0f}% as applied)"
+        )
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

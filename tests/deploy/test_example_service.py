@@ -147,3 +147,7 @@ def test_decision_log_goes_to_a_file(bundles: tuple[Path, Path], tmp_path: Path)
     entries = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert entries and all(e["mode"] == "shadow" and len(e["routing"]["sample"]) <= 2 for e in entries)
     assert f"decision log in {log_file}" in done.stdout
+    # The summary adds up what the log shows, interval by interval.
+    routed = sum(e["routing"]["decisions"] for e in entries)
+    assert f"{len(entries)} scaling decisions" in done.stdout
+    assert f"{routed} routing decisions" in done.stdout and "latency p50" in done.stdout
