@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from servegym.envs.features import admission_layout, interval_layout, routing_layout
-from servegym.experiments.stats import Estimate, estimate, paired_difference
+from servegym.experiments.stats import Estimate, estimate, format_estimate, paired_difference
 from servegym.policies import POLICIES, Policy, PolicyController, make_policy, scaling_kwargs
 from servegym.sim.config import ScenarioConfig
 from servegym.sim.oracles import ClairvoyantScaler, OracleRouter
@@ -215,10 +215,10 @@ def evaluate(
 def format_comparison(results: Sequence[PolicyResult], baseline: str | None = None) -> str:
     """KPI table (mean ± 95% half-width over seeds) and, with a baseline, paired differences."""
     header = ["policy"] + [label for _, label in KPI_COLUMNS]
-    rows = [header] + [[r.policy] + [str(r.estimate(k)) for k, _ in KPI_COLUMNS] for r in results]
+    rows = [header] + [[r.policy] + [format_estimate(r.estimate(k), k) for k, _ in KPI_COLUMNS] for r in results]
     lines = align_columns(rows)
     n = len(results[0].seeds) if results else 0
-    lines.insert(0, f"mean ± 95% CI half-width over {n} seeds")
+    lines.insert(0, f"mean ± 95% CI half-width over {n} seeds; shares in %, their differences in percentage points")
     if baseline is not None:
         base = next((r for r in results if r.policy == baseline), None)
         if base is None:
@@ -227,7 +227,8 @@ def format_comparison(results: Sequence[PolicyResult], baseline: str | None = No
         for r in results:
             if r is not base:
                 diff_rows.append(
-                    [r.policy] + [str(paired_difference(r.values(k), base.values(k))) for k, _ in KPI_COLUMNS]
+                    [r.policy]
+                    + [format_estimate(paired_difference(r.values(k), base.values(k)), k, True) for k, _ in KPI_COLUMNS]
                 )
         lines += ["", "paired differences against the baseline (same seeds, same requests):", *align_columns(diff_rows)]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from servegym.experiments.evaluate import PolicyResult, align_columns
-from servegym.experiments.stats import Estimate, paired_difference
+from servegym.experiments.stats import Estimate, format_estimate, paired_difference
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -166,19 +166,22 @@ def format_summary(summary: ScenarioSummary, labels: Mapping[str, str] | None = 
     names = [labels.get(k, k) for k in summary.kpis]
     lines = [
         f"scenario {summary.scenario}: mean ± 95% CI half-width over {len(summary.seeds)} seeds "
-        f"{list(summary.seeds)}; * = Pareto set on cost vs p95 latency",
+        f"{list(summary.seeds)}; shares in %, their differences in percentage points (pts); "
+        "* = Pareto set on cost vs p95 latency",
     ]
     rows = [["policy", *names]]
     for p in summary.policies:
         mark = " *" if p in summary.pareto else ""
-        rows.append([p + mark, *(str(summary.estimates[p][k]) for k in summary.kpis)])
+        rows.append([p + mark, *(format_estimate(summary.estimates[p][k], k) for k in summary.kpis)])
     lines += align_columns(rows)
     if summary.differences:
         lines += ["", f"paired differences against {summary.baseline} (same seeds, same requests):"]
         rows = [["policy - baseline", *names]]
         for p in summary.policies:
             if p in summary.differences:
-                rows.append([p, *(str(summary.differences[p][k]) for k in summary.kpis)])
+                rows.append(
+                    [p, *(format_estimate(summary.differences[p][k], k, difference=True) for k in summary.kpis)]
+                )
         lines += align_columns(rows)
     if summary.gap_kpis:
         refs = ", ".join(f"{labels.get(k, k)}: {summary.gap_reference[k]}" for k in summary.gap_kpis)

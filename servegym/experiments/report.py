@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from servegym.experiments.leaderboard import ScenarioSummary, share_text
-from servegym.experiments.stats import Estimate
+from servegym.experiments.stats import Estimate, format_estimate
 
 __all__ = ["write_report"]
 
@@ -34,8 +34,8 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _cell(e: Estimate) -> str:
-    return html.escape(str(e)) if not math.isnan(e.mean) else "-"
+def _cell(e: Estimate, kpi: str, difference: bool = False) -> str:
+    return html.escape(format_estimate(e, kpi, difference))
 
 
 def _diff_class(e: Estimate, higher_better: bool) -> str:
@@ -55,7 +55,7 @@ def _scenario_section(s: ScenarioSummary, labels: Mapping[str, str], higher: set
     out.append(f"<table><tr><th>policy</th>{head}</tr>")
     for p in s.policies:
         cls = ' class="pareto"' if p in s.pareto else ""
-        cells = "".join(f"<td>{_cell(s.estimates[p][k])}</td>" for k in s.kpis)
+        cells = "".join(f"<td>{_cell(s.estimates[p][k], k)}</td>" for k in s.kpis)
         out.append(f"<tr{cls}><td>{html.escape(p)}</td>{cells}</tr>")
     out.append("</table>")
     if s.differences:
@@ -72,7 +72,7 @@ def _scenario_section(s: ScenarioSummary, labels: Mapping[str, str], higher: set
             for k in s.kpis:
                 e = s.differences[p][k]
                 cls = _diff_class(e, k in higher)
-                cells += f'<td class="{cls}">{_cell(e)}</td>'
+                cells += f'<td class="{cls}">{_cell(e, k, difference=True)}</td>'
             out.append(f"<tr><td>{html.escape(p)}</td>{cells}</tr>")
         out.append("</table>")
     if s.gap_kpis:

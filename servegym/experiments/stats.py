@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["Estimate", "estimate", "paired_difference"]
+__all__ = ["FRACTION_KPIS", "Estimate", "estimate", "format_estimate", "paired_difference", "unit_of"]
+
+FRACTION_KPIS: frozenset[str] = frozenset({"slo_attainment", "quality", "hit_rate", "drop_rate", "false_hit_rate"})
+"""KPIs that are shares of requests: tables print them in percent (differences in points)."""
+
+# Decimals never go beyond these (0.01%, 1 ms, $0.001): finer digits are noise in a table.
+_MAX_DECIMALS = {"%": 2, "s": 3, "$": 3, "": 4}
+# Decimals of a value printed without an interval (one seed); None: four significant digits.
+_DEFAULT_DECIMALS: dict[str, int | None] = {"%": 2, "s": 3, "$": 2, "": None}
 
 
 @dataclass(frozen=True)
@@ -47,3 +55,56 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     if len(a) != len(b):
         raise ValueError(f"paired values need the same seeds: got {len(a)} and {len(b)} values")
     return estimate([x - y for x, y in zip(a, b, strict=True)], confidence)
+
+
+def unit_of(kpi: str) -> str:
+    """The unit a table prints ``kpi`` in: ``%`` for shares, ``s`` for ``*_s``, ``$`` for ``*_usd``, else ``""``."""
+    if kpi in FRACTION_KPIS or kpi.startswith("hit_rate"):
+        return "%"
+    if kpi.endswith("_s"):
+        return "s"
+    if kpi.endswith("_usd"):
+        return "$"
+    return ""
+
+
+def _decimals(mean: float, half_width: float, unit: str) -> int:
+    """Two significant digits of the half-width, so the mean shows what the interval can resolve."""
+    if math.isfinite(half_width) and half_width > 0:
+        digits = 1 - math.floor(math.log10(half_width))
+    elif _DEFAULT_DECIMALS[unit] is not None:
+        digits = int(_DEFAULT_DECIMALS[unit] or 0)
+    elif math.isfinite(mean) and mean != 0:
+        digits = 3 - math.floor(math.log10(abs(mean)))
+    else:
+        digits = 0
+    return min(max(digits, 0), _MAX_DECIMALS[unit])
+
+
+def _fixed(value: float, decimals: int, signed: bool = False) -> str:
+    text = f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+    # "-0.00" (or "+0.00") says a sign the rounded value does not have.
+    return text.lstrip("+-") if float(text) == 0 else text
+
+
+def format_estimate(e: Estimate, kpi: str, difference: bool = False) -> str:
+    """``e`` as a table cell in the unit of ``kpi`` (:func:`unit_of`), ``-`` when it has no value.
+
+    Shares print in percent (``93.53% ± 0.24``), and their differences in percentage points
+    (``+0.56 pts ± 0.31``); seconds and dollars print bare, the column header names the unit
+    (``p95 s``, ``cost $``). The decimals follow the half-width (two significant digits of
+    it, bounded), so ``19 ± 120`` is not written as ``19.28 ± 1.2e+02``. Never scientific
+    notation; CSV and MLflow keep the raw floats.
+    """
+    if math.isnan(e.mean):
+        return "-"
+    unit = unit_of(kpi)
+    scale = 100.0 if unit == "%" else 1.0
+    mean, half = e.mean * scale, e.half_width * scale
+    d = _decimals(mean, half, unit)
+    text = _fixed(mean, d, signed=difference)
+    if unit == "%":
+        text += " pts" if difference else "%"
+    if math.isfinite(half):
+        text += f" ± {_fixed(half, d)}"
+    return text

@@ -33,7 +33,7 @@ def test_estimates_and_paired_differences_match_a_hand_computation() -> None:
     assert d.half_width < s.estimates["fast"]["latency_p95_s"].half_width + e.half_width
     assert "fast" not in s.differences["fast"] and "base" not in s.differences
     text = format_summary(s)
-    assert "paired differences against base" in text and "-2 ± 2.5" in text
+    assert "paired differences against base" in text and "-2.0 ± 2.5" in text
 
 
 def test_gap_closed_and_its_undefined_cases() -> None:

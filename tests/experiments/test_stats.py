@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from servegym.experiments.stats import estimate, paired_difference
+from servegym.experiments.stats import Estimate, estimate, format_estimate, paired_difference
 
 
 def test_t_interval_matches_hand_computation() -> None:
@@ -34,3 +34,26 @@ def test_single_seed_and_nans() -> None:
     assert estimate([]).n == 0
     with pytest.raises(ValueError, match="same seeds"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("e", "kpi", "difference", "text"),
+    [
+        # Shares in percent, their differences in points; decimals follow the half-width.
+        (Estimate(0.92784, 0.0024, 3), "slo_attainment", False, "92.78% ± 0.24"),
+        (Estimate(0.0056, 0.0031, 3), "slo_attainment", True, "+0.56 pts ± 0.31"),
+        (Estimate(-8.202e-05, 1e-4, 3), "hit_rate_memory", True, "-0.01 pts ± 0.01"),
+        # A wide two-seed interval: no scientific notation, no digits the interval cannot resolve.
+        (Estimate(19.28, 120.0, 2), "latency_p95_s", False, "19 ± 120"),
+        (Estimate(181.02, 1.83, 5), "cost_usd", False, "181.0 ± 1.8"),
+        (Estimate(4.0, 1.7, 5), "objective_usd", True, "+4.0 ± 1.7"),
+        # One seed: no interval; fixed decimals per unit; a rounded zero has no sign.
+        (Estimate(0.9278, math.nan, 1), "quality", False, "92.78%"),
+        (Estimate(12.1704, math.nan, 1), "latency_p95_s", False, "12.170"),
+        (Estimate(72368.0, math.nan, 1), "requests", False, "72368"),
+        (Estimate(-1e-5, 1e-6, 3), "latency_p95_s", True, "0.000 ± 0.000"),
+        (Estimate(math.nan, math.nan, 0), "cost_usd", False, "-"),
+    ],
+)
+def test_table_cells_carry_units_and_sensible_precision(e: Estimate, kpi: str, difference: bool, text: str) -> None:
+    assert format_estimate(e, kpi, difference) == text
