@@ -16,7 +16,7 @@ weights say what one violation or one bad answer is worth in dollars.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -62,28 +62,35 @@ def _integer_bounds(space: gym.Space[Any]) -> list[tuple[int, int]] | None:
     return None
 
 
+def _defer_request(platform: Platform, request: int) -> Any:
+    return DEFER
+
+
+def _defer_interval(platform: Platform, metrics: IntervalMetrics) -> Any:
+    return DEFER
+
+
 class _PausingController:
-    """Defers the decisions in ``deferred``; answers the rest like the built-in controller."""
+    """Defers the decisions in ``deferred``; answers the rest like the built-in controller.
 
-    builtin: BuiltinController
+    Each decision point is bound once to the one function that answers it (per-request
+    decisions come tens of thousands of times per episode): a function returning
+    :data:`DEFER` for the agent's decisions, the built-in rule (or, for routing, the
+    env's own rule) for the others.
+    """
 
-    def __init__(self, deferred: frozenset[str], env: PlatformEnv) -> None:
+    route: Callable[[Platform, int], Any]
+    admit: Callable[[Platform, int], Any]
+    scale: Callable[[Platform, IntervalMetrics], Any]
+    semantic_threshold: Callable[[Platform, IntervalMetrics], Any]
+
+    def __init__(self, deferred: frozenset[str], env: PlatformEnv, builtin: BuiltinController) -> None:
         self.deferred = deferred
-        self.env = env
-
-    def route(self, platform: Platform, request: int) -> Any:
-        if "route" in self.deferred:
-            return DEFER
-        return self.env._route(platform, request)
-
-    def admit(self, platform: Platform, request: int) -> Any:
-        return DEFER if "admit" in self.deferred else self.builtin.admit(platform, request)
-
-    def scale(self, platform: Platform, metrics: IntervalMetrics) -> Any:
-        return DEFER if "scale" in self.deferred else self.builtin.scale(platform, metrics)
-
-    def semantic_threshold(self, platform: Platform, metrics: IntervalMetrics) -> Any:
-        return DEFER if "threshold" in self.deferred else self.builtin.semantic_threshold(platform, metrics)
+        self.builtin = builtin
+        self.route = _defer_request if "route" in deferred else env._route
+        self.admit = _defer_request if "admit" in deferred else builtin.admit
+        self.scale = _defer_interval if "scale" in deferred else builtin.scale
+        self.semantic_threshold = _defer_interval if "threshold" in deferred else builtin.semantic_threshold
 
 
 class PlatformEnv(gym.Env[np.ndarray, Any]):
@@ -143,11 +150,10 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
 
     # -- the platform ------------------------------------------------------------------------
     def _new_platform(self, seed: int) -> Platform:
-        controller = _PausingController(self.deferred, self)
-        platform = Platform(self.scenario, controller, seed=seed)
+        platform = Platform(self.scenario, seed=seed)
         # The platform's own "controller" stream: built-in decisions match a plain run's.
-        controller.builtin = BuiltinController(self.scenario.control, self.scenario, platform.streams["controller"])
-        self.platform_builtin = controller.builtin
+        self.platform_builtin = BuiltinController(self.scenario.control, self.scenario, platform.streams["controller"])
+        platform.controller = _PausingController(self.deferred, self, self.platform_builtin)
         return platform
 
     def _advance(self) -> Decision | None:
