@@ -68,7 +68,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from servegym.experiments.evaluate import DECISIONS, KPI_COLUMNS, PolicyResult, objective_usd, simulate
 from servegym.experiments.leaderboard import HIGHER_IS_BETTER, ScenarioSummary, format_summary, summarise
 from servegym.experiments.schema import register_configs
-from servegym.experiments.stats import estimate
+from servegym.experiments.stats import estimate, few_seeds_warning
 from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, tracking_uri
 from servegym.policies.base import Policy
 from servegym.sim.config import SCENARIO_DIR, ConfigError, ScenarioConfig, apply_overrides, scenario_from_dict
@@ -630,7 +630,8 @@ def aggregate(
                     f"{scenario},{p},{k},{e.mean!r},{e.half_width!r},{e.n},"
                     f"{d.mean if d else math.nan!r},{d.half_width if d else math.nan!r},{gap!r},{p in summary.pareto}"
                 )
-    table = "\n\n".join(texts)
+    warnings = [w for w in [few_seeds_warning(len(seeds_of(config.get("seeds"))))] if w]
+    table = "\n\n".join([*warnings, *texts])
     if failures:
         table += "\n\nfailed jobs:\n" + "\n".join(f"  {f}" for f in failures)
     written.append(_write(out_dir / "leaderboard.txt", table + "\n"))
@@ -667,7 +668,16 @@ def aggregate(
     higher = set(HIGHER_IS_BETTER) | {k for s in summaries for k in s.kpis if k.startswith("hit_rate")}
     written.append(
         write_report(
-            out_dir / "report.html", title, meta, summaries, figures, scenario_figures, LABELS, higher, failures
+            out_dir / "report.html",
+            title,
+            meta,
+            summaries,
+            figures,
+            scenario_figures,
+            LABELS,
+            higher,
+            failures,
+            warnings,
         )
     )
     json_summary = {
@@ -717,6 +727,9 @@ class ComparisonCallback(Callback):
             # Hydra turns exceptions in callbacks into warnings and carries on; stop before any job starts.
             print(f"servegym compare: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from exc
+        warning = few_seeds_warning(len(seeds_of(comparison.get("seeds"))))
+        if warning:
+            print(f"servegym compare: {warning}", file=sys.stderr)
         client, experiment_id, sweep_dir, _ = self._setup(config)
         name = str(comparison.get("name") or "compare")
         run = client.create_run(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from servegym.envs.features import admission_layout, interval_layout, routing_layout
-from servegym.experiments.stats import Estimate, estimate, format_estimate, paired_difference
+from servegym.experiments.stats import Estimate, estimate, few_seeds_warning, format_estimate, paired_difference
 from servegym.policies import POLICIES, Policy, PolicyController, make_policy, scaling_kwargs
 from servegym.sim.config import ScenarioConfig
 from servegym.sim.oracles import ClairvoyantScaler, OracleRouter
@@ -219,6 +219,9 @@ def format_comparison(results: Sequence[PolicyResult], baseline: str | None = No
     lines = align_columns(rows)
     n = len(results[0].seeds) if results else 0
     lines.insert(0, f"mean ± 95% CI half-width over {n} seeds; shares in %, their differences in percentage points")
+    warning = few_seeds_warning(n, "evaluation")
+    if warning and results:
+        lines.insert(0, warning)
     if baseline is not None:
         base = next((r for r in results if r.policy == baseline), None)
         if base is None:

@@ -26,6 +26,7 @@ tr.pareto td:first-child { font-weight: bold; }
 td.better { color: #0a6b2b; } td.worse { color: #a3120e; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .meta { color: #555; font-size: 0.9em; } .failed { color: #a3120e; }
+.warning { color: #8a5300; background: #fff4e0; padding: 0.4em 0.7em; border-left: 4px solid #e69500; }
 """
 
 
@@ -100,8 +101,14 @@ def write_report(
     labels: Mapping[str, str],
     higher_is_better: set[str],
     failures: Sequence[str] = (),
+    warnings: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Write the comparison as one HTML file with its figures inlined; returns ``path``."""
+    """Write the comparison as one HTML file with its figures inlined; returns ``path``.
+
+    ``warnings`` (such as too few seeds) are shown above everything else; ``sections`` are
+    extra HTML blocks (the held-out check of a tuning sweep) placed before the scenarios.
+    """
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
@@ -109,10 +116,12 @@ def write_report(
         "<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in meta.items()),
         "</table>",
     ]
+    parts += [f"<p class='warning'>{html.escape(w)}</p>" for w in warnings]
     if failures:
         parts.append("<h2 class='failed'>failed jobs</h2><ul>")
         parts += [f"<li class='failed'>{html.escape(f)}</li>" for f in failures]
         parts.append("</ul>")
+    parts += list(sections)
     for caption, fig in figures:
         parts += [f"<h2>{html.escape(caption)}</h2>", _img(fig, caption)]
     for s in summaries:

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["FRACTION_KPIS", "Estimate", "estimate", "format_estimate", "paired_difference", "unit_of"]
+__all__ = [
+    "FRACTION_KPIS",
+    "Estimate",
+    "estimate",
+    "few_seeds_warning",
+    "format_estimate",
+    "paired_difference",
+    "unit_of",
+]
 
 FRACTION_KPIS: frozenset[str] = frozenset({"slo_attainment", "quality", "hit_rate", "drop_rate", "false_hit_rate"})
 """KPIs that are shares of requests: tables print them in percent (differences in points)."""
@@ -55,6 +63,23 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     if len(a) != len(b):
         raise ValueError(f"paired values need the same seeds: got {len(a)} and {len(b)} values")
     return estimate([x - y for x, y in zip(a, b, strict=True)], confidence)
+
+
+def few_seeds_warning(n: int, what: str = "comparison") -> str | None:
+    """A warning for people reading intervals from fewer than 3 seeds (None from 3 on).
+
+    With 2 seeds Student's t quantile is 12.7, so the intervals are honest but so wide they
+    rarely separate anything; with 1 there are none.
+    """
+    if n >= 3:
+        return None
+    if n == 1:
+        return f"warning: this {what} has 1 seed, so no confidence intervals at all; run seeds>=5 to draw conclusions"
+    t = float(stats.t.ppf(0.975, n - 1))
+    return (
+        f"warning: this {what} has only {n} seeds, so its 95% intervals are very wide (Student's t = {t:.1f}); "
+        "run seeds>=5 to draw conclusions"
+    )
 
 
 def unit_of(kpi: str) -> str:

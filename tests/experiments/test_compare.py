@@ -26,7 +26,9 @@ def _clean_hydra() -> None:
     GlobalHydra.instance().clear()
 
 
-def test_comparison_runs_through_joblib_with_two_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_comparison_runs_through_joblib_with_two_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -71,7 +73,11 @@ def test_comparison_runs_through_joblib_with_two_workers(tmp_path: Path, monkeyp
     table = (out / "leaderboard.txt").read_text()
     assert "scenario steady" in table and "paired differences against static+round_robin" in table
     assert "baseline-to-oracle gap" in table
+    # Two seeds: the intervals are very wide, and the table, the report and stderr say so.
+    assert table.startswith("warning: this comparison has only 2 seeds") and "seeds>=5" in table
     html = (out / "report.html").read_text()
+    assert "<p class='warning'>warning: this comparison has only 2 seeds" in html
+    assert "only 2 seeds" in capsys.readouterr().err
     assert html.count("data:image/png;base64,") >= 6 and '<img src="' not in html
     # The table's means are the means of the nested runs' per-seed values.
     summary = json.loads((out / "summary.json").read_text())

@@ -52,6 +52,7 @@ def test_cli_evaluate_prints_the_table(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert code == 0
     assert "hpa" in out and "static" in out and "p95 s" in out
+    assert "only 2 seeds" in out and "%" in out and "e+0" not in out
 
 
 @pytest.mark.parametrize(

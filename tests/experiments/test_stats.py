@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from servegym.experiments.stats import Estimate, estimate, format_estimate, paired_difference
+from servegym.experiments.stats import Estimate, estimate, few_seeds_warning, format_estimate, paired_difference
 
 
 def test_t_interval_matches_hand_computation() -> None:
@@ -57,3 +57,11 @@ def test_single_seed_and_nans() -> None:
 )
 def test_table_cells_carry_units_and_sensible_precision(e: Estimate, kpi: str, difference: bool, text: str) -> None:
     assert format_estimate(e, kpi, difference) == text
+
+
+def test_fewer_than_three_seeds_are_warned_about() -> None:
+    assert few_seeds_warning(3) is None
+    two = few_seeds_warning(2)
+    assert two is not None and "very wide" in two and "t = 12.7" in two and "seeds>=5" in two
+    one = few_seeds_warning(1, "evaluation")
+    assert one is not None and "this evaluation has 1 seed" in one
