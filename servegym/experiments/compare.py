@@ -8,8 +8,11 @@ A Hydra app (config ``servegym/conf/compare.yaml``) that always runs as a multir
 
 How it runs:
 
-1. :class:`ComparisonCallback` ``on_multirun_start`` validates the comparison and creates the
-   *parent* MLflow run (tagged with the sweep directory).
+1. :class:`ComparisonCallback` ``on_multirun_start`` validates the comparison — known
+   scenarios and ``env_id``, policies whose decisions ``env_id`` exposes, trained runs that
+   exist in the tracking store, no Hydra sweep over a list the comparison iterates itself
+   (``policies=a,b`` for ``policies=[a,b]``) — and exits 2 with one line before any job
+   starts; then it creates the *parent* MLflow run (tagged with the sweep directory).
 2. The sweeper turns ``policies`` and ``scenarios`` into one job per pair (the ``scenario``
    config group is swept, so every scenario YAML is validated by the structured schema).
    Jobs run in parallel — the joblib launcher by default, submitit or Ray by choosing
@@ -28,6 +31,7 @@ oracles), optionally with trained policies from MLflow: ``run:<run id>`` or
 of a ``servegym train`` run. A trained scaler or router joins heuristics for the other
 decisions (``run:<id>+cascade``) and runs as the simulator's controller; a trained
 caching or platform policy runs alone inside its Gymnasium environment (no time series).
+Tables name ``run:<id>`` by the run's MLflow name; the id stays in the job's tags and params.
 ``policy_defs.<label>`` names a variant: a spec with scenario overrides and policy
 parameters (the headline experiment's "plain platform, no cache" is one).
 
@@ -43,6 +47,7 @@ answer), which the Optuna sweeper minimises when tuning heuristics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -65,8 +70,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from servegym.experiments.evaluate import DECISIONS, KPI_COLUMNS, PolicyResult, objective_usd, simulate
-from servegym.experiments.leaderboard import HIGHER_IS_BETTER, ScenarioSummary, format_summary, summarise
+from servegym.experiments.evaluate import DECISIONS, ENV_DECISIONS, KPI_COLUMNS, PolicyResult, objective_usd, simulate
+from servegym.experiments.leaderboard import HIGHER_IS_BETTER, ScenarioSummary, format_summary, is_oracle, summarise
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate, few_seeds_warning
 from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, tracking_uri
@@ -78,15 +83,18 @@ from servegym.sim.telemetry import COMPLETED, intervals_to_columns
 __all__ = [
     "ComparisonCallback",
     "PolicyDef",
+    "TrainedRun",
     "aggregate",
     "app",
     "objective_usd",
+    "readable_label",
     "refuse_list_sweeps",
     "resolve_policy",
     "run_job",
     "seeds_of",
     "sweep_values",
     "telemetry_of",
+    "trained_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -250,10 +258,20 @@ def _from_json(value: Any) -> Any:
 
 
 # -- trained policies -----------------------------------------------------------------------
-def _load_trained(ref: str, client: MlflowClient, into: Path) -> tuple[Policy, str, dict[str, Any]]:
-    """A trained policy from ``run:<id>`` or ``models:/<name>/<version|@alias>``: (policy, env id, run config)."""
-    from servegym.agents.io import load_policy
+@dataclass(frozen=True)
+class TrainedRun:
+    """The MLflow run a trained-policy reference (``run:<id>``, ``models:/...``) points to."""
 
+    ref: str
+    run_id: str
+    name: str
+    env: str
+    scenario: str
+
+
+def trained_run(ref: str, client: MlflowClient) -> TrainedRun:
+    """Look up ``ref`` in the tracking store; a ConfigError in one line when it names nothing there."""
+    where = f"at tracking URI {client.tracking_uri}"
     if ref.startswith("run:"):
         run_id = ref.removeprefix("run:")
     else:
@@ -265,19 +283,43 @@ def _load_trained(ref: str, client: MlflowClient, into: Path) -> tuple[Policy, s
             else:
                 run_id = str(client.get_model_version(name, version).run_id)
         except Exception as exc:
-            raise ConfigError(f"{ref}: no such registered model version ({exc})") from exc
+            raise ConfigError(f"policy {ref}: no such registered model version {where}") from exc
     try:
         run = client.get_run(run_id)
     except Exception as exc:
-        raise ConfigError(f"{ref}: no MLflow run {run_id!r} at this tracking URI ({exc})") from exc
-    env_id = run.data.tags.get("servegym.env", "")
-    local = Path(client.download_artifacts(run_id, "policy", str(into)))
+        raise ConfigError(f"policy {ref}: no MLflow run {run_id!r} {where} (servegym train prints its id)") from exc
+    tags = run.data.tags
+    return TrainedRun(
+        ref, run_id, str(run.info.run_name or run_id), tags.get("servegym.env", ""), tags.get("servegym.scenario", "")
+    )
+
+
+def _load_trained(ref: str, client: MlflowClient, into: Path) -> tuple[Policy, str, dict[str, Any]]:
+    """A trained policy from ``run:<id>`` or ``models:/<name>/<version|@alias>``: (policy, env id, run config)."""
+    from servegym.agents.io import load_policy
+
+    found = trained_run(ref, client)
+    local = Path(client.download_artifacts(found.run_id, "policy", str(into)))
     config: dict[str, Any] = {}
     try:
-        config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(into))).read_text())
+        config = yaml.safe_load(
+            Path(client.download_artifacts(found.run_id, "config/config.yaml", str(into))).read_text()
+        )
     except Exception:  # runs logged outside servegym train may have no config; env kwargs then default
         config = {}
-    return load_policy(local), env_id, config
+    return load_policy(local), found.env, config
+
+
+def readable_label(policy: str, client: MlflowClient) -> str:
+    """``policy`` with each ``run:<id>`` part replaced by that run's name, for tables (ids stay in tags)."""
+    parts = []
+    for part in policy.split("+"):
+        if part.startswith("run:"):
+            # a missing run keeps its reference: the job's own error says it is missing
+            with contextlib.suppress(Exception):
+                part = str(client.get_run(part.removeprefix("run:")).info.run_name or part)
+        parts.append(part)
+    return "+".join(parts)
 
 
 def _run_seeds(
@@ -387,13 +429,16 @@ def run_job(
     client = MlflowClient(tracking_uri=uri)
     experiment_id = _experiment_id(client, str(tracking.get("experiment", "servegym-compare")))
     parent = _find_parent(client, experiment_id, sweep_dir) if sweep_dir else None
-    label = str(c.get("label") or c["job_policy"])
+    job_policy = str(c["job_policy"])
+    # Tables name a trained run by its run name (the id stays in the tags and params).
+    label = str(c.get("label") or (readable_label(job_policy, client) if "run:" in job_policy else job_policy))
     scenario_name = str((c.get("scenario") or {}).get("name", "?"))
     if workload:
         scenario_name = f"{scenario_name}+{workload}"
     tags = {
         "servegym.kind": "compare_job",
         "servegym.policy": label,
+        "servegym.job_policy": job_policy,
         "servegym.scenario": scenario_name,
         "servegym.env": str(c.get("env_id")),
     }
@@ -407,7 +452,7 @@ def run_job(
     run = client.create_run(experiment_id, run_name=f"{label}__{scenario_name}", tags=tags)
     run_id = run.info.run_id
     try:
-        definition = resolve_policy(str(c["job_policy"]), c.get("policy_defs") or {}, c.get("params") or {})
+        definition = resolve_policy(job_policy, c.get("policy_defs") or {}, c.get("params") or {})
         data = dict(c["scenario"])
         trace = (data.get("workload") or {}).get("trace_path")
         if trace and not Path(str(trace)).is_absolute():
@@ -453,6 +498,7 @@ def run_job(
                     batch.log({f"ci95/{k}": est.half_width}, step=0)
         result = {
             "label": label,
+            "policy": job_policy,
             "spec": definition.spec,
             "scenario": scenario_name,
             "seeds": seeds,
@@ -542,9 +588,99 @@ def _validate(config: Mapping[str, Any]) -> None:
     for label in policies:
         resolve_policy(str(label), config.get("policy_defs") or {}, config.get("params") or {})
     seeds_of(config.get("seeds"))
+    env_id = str(config.get("env_id"))
+    if env_id.removeprefix("servegym/") not in ENV_DECISIONS:
+        raise ConfigError(f"env_id = {env_id!r} is not an environment; use one of {', '.join(ENV_DECISIONS)}")
     baseline = config.get("baseline")
     if baseline is not None and config.get("label") is None and baseline not in map(str, policies):
         raise ConfigError(f"baseline = {baseline!r} is not among policies {policies}")
+
+
+def _definitions_per_scenario(config: DictConfig, comparison: Mapping[str, Any]) -> dict[str, list[PolicyDef]]:
+    """Each compared scenario's policy definitions: ``policy_defs`` may name the scenario (``${scenario.name}``)."""
+    raw = OmegaConf.to_container(config, resolve=False)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    out: dict[str, list[PolicyDef]] = {}
+    for name in map(str, comparison.get("scenarios") or []):
+        own = OmegaConf.create({**raw, "scenario": {**dict(raw.get("scenario") or {}), "name": name}})
+        resolved = OmegaConf.to_container(own.policy_defs, resolve=True) if "policy_defs" in own else {}
+        defs = {str(k): v for k, v in resolved.items()} if isinstance(resolved, dict) else {}
+        out[name] = [
+            resolve_policy(str(label), defs, comparison.get("params") or {}) for label in comparison["policies"]
+        ]
+    return out
+
+
+def _check_fits(definition: PolicyDef, env_id: str, runs: Mapping[str, TrainedRun]) -> None:
+    """Fail unless ``definition``'s parts make distinct decisions that ``env_id`` exposes."""
+    env = env_id.removeprefix("servegym/")
+    allowed = ENV_DECISIONS[env]
+    parts = definition.spec.split("+")
+    made: dict[str, str] = {}
+    for part in parts:
+        if part.startswith(TRAINED_PREFIXES):
+            run = runs[part]
+            decision = TRAINED_DECISIONS.get(run.env)
+            if decision is None:  # a caching or platform policy runs alone inside its own environment
+                if not run.env:
+                    raise ConfigError(
+                        f"policy {part}: run {run.name} has no servegym.env tag: not a servegym train run"
+                    )
+                if len(parts) > 1:
+                    raise ConfigError(
+                        f"policy {definition.label!r}: {part} was trained on {run.env}; only scaling "
+                        "(Autoscaling-v0) and routing (Routing-v0) policies combine with heuristics"
+                    )
+                if env not in ("Platform-v0", run.env.removeprefix("servegym/")):
+                    raise ConfigError(
+                        f"policy {part}: run {run.name} was trained on {run.env}, which does not fit env_id={env}"
+                    )
+                continue
+            name = f"{part} (trained on {run.env.removeprefix('servegym/')})"
+        else:
+            decision, name = DECISIONS[part], part
+            if decision == "none":
+                continue
+        if decision not in allowed:
+            raise ConfigError(
+                f"policy {definition.label!r}: {name} makes {decision} decisions, which {env} does not expose "
+                f"(it exposes {', '.join(sorted(allowed))}); use env_id=Platform-v0 or another policy"
+            )
+        if decision in made:
+            raise ConfigError(f"policy {definition.label!r} names two {decision} policies: {made[decision]} and {name}")
+        made[decision] = name
+    if len(parts) > 1 and any(is_oracle(p) for p in parts):
+        raise ConfigError(f"policy {definition.label!r}: an oracle runs alone; it cannot be combined with other parts")
+
+
+def _validate_policies(config: DictConfig, comparison: Mapping[str, Any], client: MlflowClient) -> list[str]:
+    """Fail before any job on a policy that does not fit ``env_id`` or names no trained run; returns warnings.
+
+    A trained run compared on another scenario than it was trained on is allowed (that can
+    be the point) but warned about, naming both.
+    """
+    runs: dict[str, TrainedRun] = {}
+    warnings: list[str] = []
+    for scenario, definitions in _definitions_per_scenario(config, comparison).items():
+        for definition in definitions:
+            for part in definition.spec.split("+"):
+                if not part.startswith(TRAINED_PREFIXES):
+                    continue
+                if part not in runs:
+                    runs[part] = trained_run(part, client)
+                    if not client.list_artifacts(runs[part].run_id, "policy"):
+                        raise ConfigError(
+                            f"policy {part}: run {runs[part].name} has no policy/ artifact: not a servegym train run"
+                        )
+                run = runs[part]
+                if run.scenario and run.scenario != scenario:
+                    warnings.append(
+                        f"warning: {part} ({run.name}) was trained on scenario {run.scenario!r} "
+                        f"but is compared on {scenario!r}"
+                    )
+            _check_fits(definition, str(comparison.get("env_id")), runs)
+    return list(dict.fromkeys(warnings))
 
 
 def _comparison_config(config: DictConfig) -> dict[str, Any]:
@@ -601,7 +737,10 @@ def aggregate(
                 continue
             local = Path(client.download_artifacts(run.info.run_id, RESULTS, str(Path(tmp) / run.info.run_id)))
             data = _from_json(json.loads(local.read_text()))
-            results.setdefault(data["scenario"], {})[data["label"]] = data
+            by_label = results.setdefault(data["scenario"], {})
+            if data["label"] in by_label:  # two runs of one name, or two trials rounded to one label
+                data["label"] = f"{data['label']} #{tags.get('servegym.job_num', run.info.run_id[:8])}"
+            by_label[data["label"]] = data
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     summaries: list[ScenarioSummary] = []
@@ -616,7 +755,8 @@ def aggregate(
             PolicyResult(label, tuple(d["seeds"]), tuple({k: v.get(k, math.nan) for k in kpis} for v in d["kpis"]))
             for label, d in by_policy.items()
         ]
-        base = baseline if baseline in by_policy else None
+        # the baseline as written (a spec such as run:<id>), whatever label the tables give it
+        base = next((label for label, d in by_policy.items() if baseline in (label, d.get("policy"))), None)
         summary = summarise(scenario, policy_results, kpis, base, gap_kpis)
         summaries.append(summary)
         labels = LABELS | {f"hit_rate_{t}": f"hit {t}" for t in levels}
@@ -709,10 +849,14 @@ def _write(path: Path, text: str) -> Path:
 class ComparisonCallback(Callback):
     """Creates the comparison's parent MLflow run before the jobs and aggregates into it after them."""
 
+    def _client(self, config: DictConfig) -> MlflowClient:
+        tracking = config.get("tracking") or {}
+        return MlflowClient(tracking_uri=tracking_uri(tracking.get("uri"), str(config.hydra.runtime.cwd)))
+
     def _setup(self, config: DictConfig) -> tuple[MlflowClient, str, str, Path]:
         base = str(config.hydra.runtime.cwd)
         tracking = config.get("tracking") or {}
-        client = MlflowClient(tracking_uri=tracking_uri(tracking.get("uri"), base))
+        client = self._client(config)
         experiment_id = _experiment_id(client, str(tracking.get("experiment", "servegym-compare")))
         sweep_dir = str((Path(base) / str(config.hydra.sweep.dir)).resolve())
         return client, experiment_id, sweep_dir, Path(sweep_dir)
@@ -723,12 +867,13 @@ class ComparisonCallback(Callback):
         try:
             refuse_list_sweeps([str(o) for o in config.hydra.overrides.task])
             _validate(comparison)
+            warnings = _validate_policies(config, comparison, self._client(config))
         except ConfigError as exc:
             # Hydra turns exceptions in callbacks into warnings and carries on; stop before any job starts.
             print(f"servegym compare: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from exc
-        warning = few_seeds_warning(len(seeds_of(comparison.get("seeds"))))
-        if warning:
+        warnings.append(few_seeds_warning(len(seeds_of(comparison.get("seeds")))) or "")
+        for warning in filter(None, warnings):
             print(f"servegym compare: {warning}", file=sys.stderr)
         client, experiment_id, sweep_dir, _ = self._setup(config)
         name = str(comparison.get("name") or "compare")

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from servegym.cli import main
 from servegym.experiments.compare import refuse_list_sweeps, resolve_policy
+from servegym.experiments.train import run_training
 from servegym.sim.config import ConfigError, load_scenario, scenario_from_dict
 from servegym.sim.platform import Platform
 
@@ -93,11 +94,18 @@ def test_comparison_runs_through_joblib_with_two_workers(
 def test_a_failing_job_is_reported_and_fails_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A run that passes the checks before the jobs (it exists, has a policy/ artifact) but
+    # whose policy cannot be loaded: only its job finds out.
+    client = mlflow.MlflowClient(uri)
+    broken = client.create_run(
+        client.create_experiment("elsewhere"), run_name="broken", tags={"servegym.env": "servegym/Routing-v0"}
+    ).info.run_id
+    client.log_text(broken, "{}", "policy/policy.json")
     with pytest.raises(SystemExit) as exit_info:
         main(
             [
                 "compare",
-                "policies=[static+round_robin,run:no_such_run]",
+                f"policies=[static+round_robin,static+run:{broken}]",
                 "scenarios=[steady]",
                 "seeds=1",
                 "scenario.duration_s=30",
@@ -113,8 +121,58 @@ def test_a_failing_job_is_reported_and_fails_the_parent(tmp_path: Path, monkeypa
     parent = next(r for r in runs if r.data.tags.get("servegym.kind") == "comparison")
     failed = [r for r in runs if r.info.status == "FAILED" and r is not parent]
     assert parent.info.status == "FAILED" and len(failed) == 1
-    assert "no_such_run" in failed[0].data.tags["servegym.error"]
-    assert "run:no_such_run on steady: FAILED" in (tmp_path / "sweep" / "comparison" / "leaderboard.txt").read_text()
+    assert "not a valid policy description" in failed[0].data.tags["servegym.error"]
+    assert failed[0].data.tags["servegym.job_policy"] == f"static+run:{broken}"
+    assert "static+broken on steady: FAILED" in (tmp_path / "sweep" / "comparison" / "leaderboard.txt").read_text()
+
+
+def test_a_trained_run_is_named_by_its_run_name_and_a_scenario_mismatch_is_warned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with initialize_config_module(config_module="servegym.conf", version_base=None):
+        cfg = compose(
+            "train",
+            overrides=[
+                "agent=bandit",
+                "env=routing",
+                "scenario=bursty",
+                "episode_duration_s=300",
+                "total_timesteps=500",
+                "eval_seeds=[7]",
+                "progress_bar=false",
+                f"tracking.uri={uri}",
+            ],
+        )
+    run_id = run_training(cfg).run_id
+    GlobalHydra.instance().clear()
+    name = mlflow.MlflowClient(uri).get_run(run_id).info.run_name
+    main(
+        [
+            "compare",
+            f"policies=[static+round_robin,static+run:{run_id}]",
+            f"baseline=static+run:{run_id}",  # the baseline as written, although the table names it otherwise
+            "scenarios=[steady]",
+            "seeds=3",
+            "scenario.duration_s=60",
+            "hydra.launcher.n_jobs=1",
+            f"tracking.uri={uri}",
+            "hydra.sweep.dir=sweep",
+            "plots=false",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert f"run:{run_id} ({name}) was trained on scenario 'bursty' but is compared on 'steady'" in err
+    table = (tmp_path / "sweep" / "comparison" / "leaderboard.txt").read_text()
+    assert f"static+{name}" in table and run_id not in table
+    assert f"paired differences against static+{name}" in table
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("servegym-compare").experiment_id],
+        filter_string="tags.`servegym.kind` = 'compare_job'",
+    )
+    job = next(r for r in runs if r.data.tags["servegym.policy"] == f"static+{name}")
+    assert job.data.tags["servegym.job_policy"] == f"static+run:{run_id}" and job.data.params["spec"].endswith(run_id)
 
 
 def test_bad_comparisons_fail_before_any_job(
@@ -122,20 +180,27 @@ def test_bad_comparisons_fail_before_any_job(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"
-    for override, message in (
-        ("scenarios=[stedy]", "no shipped scenario named 'stedy'"),
-        ("baseline=jsq", "baseline = 'jsq' is not among policies"),
-        ("policies=[hpa+routr]", "'routr' is not a policy"),
+    for overrides, message in (
+        (["scenarios=[stedy]"], "no shipped scenario named 'stedy'"),
+        (["baseline=jsq"], "baseline = 'jsq' is not among policies"),
+        (["policies=[hpa+routr]"], "'routr' is not a policy"),
         # Without brackets Hydra reads a list as a sweep: refused, with the list to write instead.
-        ("policies=hpa,jsq", "write policies=[hpa,jsq]"),
-        ("scenarios=steady,bursty", "write scenarios=[steady,bursty]"),
-        ("seeds=1,2", "write seeds=[1,2]"),
+        (["policies=hpa,jsq"], "write policies=[hpa,jsq]"),
+        (["scenarios=steady,bursty"], "write scenarios=[steady,bursty]"),
+        (["seeds=1,2"], "write seeds=[1,2]"),
+        # What used to fail only inside the jobs, after the parent run existed.
+        (["env_id=Autoscaling"], "env_id = 'Autoscaling' is not an environment; use one of Autoscaling-v0"),
+        (["policies=[hpa,run:deadbeef]"], "policy run:deadbeef: no MLflow run 'deadbeef' at tracking URI"),
+        (["env_id=Autoscaling-v0", "policies=[hpa,jsq]"], "jsq makes routing decisions, which Autoscaling-v0"),
+        (["policies=[hpa+kpa]"], "names two scaling policies: hpa and kpa"),
     ):
         with pytest.raises(SystemExit) as exit_info:
-            main(["compare", override, uri, "hydra.sweep.dir=sweep"])
+            main(["compare", *overrides, uri, "hydra.sweep.dir=sweep"])
         assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
-    assert not (tmp_path / "sweep" / "0").exists()
+        err = capsys.readouterr().err
+        ours = [line for line in err.splitlines() if line.startswith("servegym compare")]
+        assert len(ours) == 1 and message in ours[0], err
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_only_sweeps_over_keys_the_comparison_iterates_are_refused() -> None:
