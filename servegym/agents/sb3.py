@@ -24,9 +24,13 @@ budget that is not a multiple of it can be reported instead of silently rounded 
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import inspect
 import json
+import sys
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ __all__ = [
     "ALGORITHMS",
     "DiscreteAsBox",
     "SB3Policy",
+    "accepted_hyperparams",
     "build_model",
     "check_algorithm",
     "make_vec_env",
@@ -112,15 +117,95 @@ def check_algorithm(algo: str, action_space: spaces.Space[Any], where: str = "ag
         )
 
 
+# Constructor arguments servegym sets itself (seed from the top-level ``seed``, device, logging):
+# not hyperparameters, so neither accepted under agent.hyperparams nor listed as allowed.
+_SET_BY_SERVEGYM = frozenset(
+    {"self", "policy", "env", "_init_setup_model", "seed", "device", "verbose", "tensorboard_log"}
+)
+
+
+def accepted_hyperparams(algo: str) -> list[str]:
+    """The hyperparameters of ``algo`` a config may set: its constructor's arguments, minus servegym's own."""
+    return sorted(set(inspect.signature(ALGORITHMS[algo].__init__).parameters) - _SET_BY_SERVEGYM)
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The constructor's argument types (SB3 names ``VecEnv`` only under TYPE_CHECKING)."""
+    module = sys.modules[cls.__module__]
+    try:
+        return typing.get_type_hints(cls.__init__, globalns=vars(module), localns={"VecEnv": VecEnv})  # type: ignore[misc]
+    except (NameError, TypeError):
+        return {}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value (YAML: numbers, strings, lists, mappings, null) can be an argument of type ``hint``."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or origin is dict:
+        return isinstance(value, Mapping)
+    if origin is tuple:  # train_freq: (1, "episode"), a list in YAML
+        args = typing.get_args(hint)
+        return isinstance(value, list | tuple) and len(value) == len(args) and all(map(_matches, value, args))
+    if origin is type or hint is type:
+        return isinstance(value, type)
+    if origin is not None:  # Callable[...] and other generics: never written in YAML
+        return callable(value) if origin is collections.abc.Callable else False
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _describe(hint: Any) -> str:
+    """``float | Callable[[float], float]`` as a config value: 'a number'."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    words: list[str] = []
+    for arg in args:
+        arg_origin = typing.get_origin(arg)
+        if arg in _TYPE_WORDS:
+            words.append(_TYPE_WORDS[arg])
+        elif arg is dict or arg_origin is dict:
+            words.append("a mapping")
+        elif arg_origin is tuple:
+            words.append(
+                f"a list like [{', '.join(_TYPE_WORDS.get(a, str(a)).split()[-1] for a in typing.get_args(arg))}]"
+            )
+    return " or ".join(dict.fromkeys(words)) or str(hint)
+
+
 def check_hyperparams(algo: str, hyperparams: Mapping[str, Any], where: str = "agent.hyperparams") -> None:
-    """Fail naming the key when a hyperparameter is not an argument of the algorithm's constructor."""
-    accepted = set(inspect.signature(ALGORITHMS[algo].__init__).parameters) - {"self", "policy", "env"}
-    unknown = sorted(set(hyperparams) - accepted)
-    if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}: {ALGORITHMS[algo].__name__} has no hyperparameter {unknown[0]!r}; "
-            f"it accepts: {', '.join(sorted(accepted))}"
-        )
+    """Fail naming the key when a hyperparameter is not an argument of the algorithm, or of the wrong type.
+
+    Types come from the constructor's annotations, so ``learning_rate=abc`` fails here,
+    before a run starts, instead of deep inside SB3 once training is under way.
+    """
+    cls = ALGORITHMS[algo]
+    accepted = accepted_hyperparams(algo)
+    for key in sorted(hyperparams):
+        if key not in accepted:
+            hint = " (servegym sets it: use the top-level seed=N)" if key == "seed" else ""
+            raise ConfigError(
+                f"{where}.{key}: {cls.__name__} has no hyperparameter {key!r}{hint}; it accepts: {', '.join(accepted)}"
+            )
+    hints = _type_hints(cls)
+    for key, value in hyperparams.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise ConfigError(f"{where}.{key} = {value!r} is invalid: {cls.__name__} takes {_describe(hints[key])}")
 
 
 def make_vec_env(

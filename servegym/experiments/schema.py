@@ -16,6 +16,13 @@ alone. Every option of the ``workload`` config group lists it first in its defau
 every field to the dataclass default before the option's own values, so ``workload=X``
 *replaces* the scenario's workload with X's instead of patching it (a scenario's flash
 crowds or burst rates would otherwise survive the switch).
+
+The ``schema/open_dict`` node is an empty mapping that is *not* in struct mode. A config
+lists it for a mapping whose keys are open-ended (``- /schema/open_dict@hyperparams`` in
+an agent file, ``- schema/open_dict@params`` in ``export.yaml``), so
+``agent.hyperparams.target_kl=0.01`` adds a key without Hydra's ``+`` prefix. Whether the
+name means anything is then checked by servegym itself (the algorithm's or policy's
+arguments), with an error that lists the allowed names.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from functools import cache
 from typing import Any, Literal, Union, get_args, get_origin
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from servegym.sim.config import ScenarioConfig, WorkloadConfig
 
@@ -96,8 +104,19 @@ def _factory(convert: Callable[[Any], Any], value: Any) -> Callable[[], Any]:
 schema_of(ScenarioConfig)
 
 
+def _open_dict() -> DictConfig:
+    """An empty mapping that accepts new keys even once Hydra puts the whole config in struct mode."""
+    node = OmegaConf.create({})
+    OmegaConf.set_struct(node, False)  # its own flag wins over the root's
+    return node
+
+
 def register_configs() -> None:
-    """Register the structured scenario and workload schemas with Hydra's ConfigStore (idempotent)."""
+    """Register the structured scenario and workload schemas and ``schema/open_dict`` with Hydra's ConfigStore.
+
+    Idempotent.
+    """
     store = ConfigStore.instance()
+    store.store(group="schema", name="open_dict", node=_open_dict())
     store.store(group="schema", name="scenario", node=schema_of(ScenarioConfig), package="scenario")
     store.store(group="schema", name="workload", node=schema_of(WorkloadConfig), package="scenario.workload")

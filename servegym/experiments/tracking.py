@@ -4,6 +4,9 @@
   joblib workers and resumed runs must all reach the same store whatever their working
   directory. Precedence: the config's ``tracking.uri``, then ``MLFLOW_TRACKING_URI``, then
   MLflow's own default, a SQLite file ``mlflow.db`` in the directory servegym was started from.
+- :func:`require_store` guards read-only lookups (``export run=<id>``, ``resume=<id>``, a
+  distillation teacher): MLflow would create an empty SQLite store (or ``mlruns/``) to look
+  in; a missing store is refused instead, naming the path it looked at.
 - :func:`provenance_tags` records what ran: git commit (and whether the tree was dirty),
   package versions, and a hash of the resolved config.
 - :class:`BatchLogger` buffers metrics and sends them with ``log_batch``, about 20 times
@@ -22,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric
@@ -30,10 +34,12 @@ from mlflow.tracking import MlflowClient
 __all__ = [
     "BatchLogger",
     "PrepareStoreCallback",
+    "StoreNotFoundError",
     "config_hash",
     "flatten",
     "git_commit",
     "provenance_tags",
+    "require_store",
     "run_name",
     "tracking_uri",
 ]
@@ -68,6 +74,35 @@ def tracking_uri(configured: str | None = None, base_dir: str | Path | None = No
     if uri.startswith("file:") or "://" in uri:
         return uri
     return (base / uri).resolve().as_uri()
+
+
+class StoreNotFoundError(ValueError):
+    """A read-only lookup named a tracking store that does not exist."""
+
+
+def require_store(uri: str, what: str) -> None:
+    """Raise :class:`StoreNotFoundError` when ``uri`` is a local store (SQLite file or directory) that does not exist.
+
+    ``what`` is the setting that needed the store (``resume=<id>``); the message names it,
+    the path looked at and how to point elsewhere. Remote stores (http, databases) pass.
+    """
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if not path or path == ":memory:":
+            return
+        location = Path(path)
+    elif uri.startswith("file:"):
+        location = Path(unquote(urlparse(uri).path))
+    elif "://" in uri:
+        return
+    else:
+        location = Path(uri)
+    if not location.exists():
+        raise StoreNotFoundError(
+            f"{what}: no MLflow tracking store at {location} (looked there because tracking.uri / "
+            "MLFLOW_TRACKING_URI resolve to it; the default is mlflow.db in the current directory). Run from the "
+            "directory that holds your mlflow.db, or pass tracking.uri=sqlite:////absolute/path/mlflow.db"
+        )
 
 
 def run_name(env: str, policy: str, scenario: str, seed: int) -> str:

@@ -22,16 +22,25 @@ episodes (``sim/*``), in batches; the KPIs of the final policy on ``eval_seeds``
 (``checkpoints/latest/``); and the trained policy (``policy/``, loadable with
 :func:`servegym.agents.io.load_policy`).
 
-Interrupting training (Ctrl-C) writes a checkpoint at the current step, flushes every
-buffered metric and ends the run as KILLED; ``resume=<run id>`` reloads the run's own
-config and that checkpoint (model, VecNormalize statistics, replay buffer) and continues
-the same run from the same step count.
+Interrupting a run (Ctrl-C, or SIGTERM from ``timeout``, SLURM or Kubernetes) flushes every
+buffered metric and ends it as KILLED with a message, whatever the learner: an SB3 learner
+first writes a checkpoint at the current step; a scikit-learn learner has nothing to
+checkpoint mid-fit (rerun it); a policy interrupted during its final evaluation is saved
+as ``policy/`` all the same. ``resume=<run id>`` reloads the run's own config and that
+checkpoint (model, VecNormalize statistics, replay buffer) and continues the same run
+from the same step count; ``resume=<id> total_timesteps=N`` also extends a *finished*
+SB3 run to a larger budget, in the same MLflow run.
+
+Nothing is created in the tracking store until the config has passed every check (the
+learner is built, the SB3 model constructed, a teacher run fetched), so a bad value fails
+with no run left behind; and ``resume=`` never creates a store that is not there.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import math
 import signal
 import sys
@@ -39,7 +48,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,7 @@ import mlflow
 import numpy as np
 import torch
 import yaml
+from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -74,13 +84,30 @@ from servegym.envs.features import Layout
 from servegym.experiments.evaluate import DECISIONS, objective_usd
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate
-from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, run_name, tracking_uri
-from servegym.policies import make_policy, scaling_kwargs
+from servegym.experiments.tracking import (
+    BatchLogger,
+    flatten,
+    provenance_tags,
+    require_store,
+    run_name,
+    tracking_uri,
+)
+from servegym.policies import POLICIES, make_policy, scaling_kwargs
 from servegym.policies.base import Policy
 from servegym.sim.config import ConfigError, ScenarioConfig, scenario_from_dict
 from servegym.sim.workload import TraceError
 
-__all__ = ["TrainResult", "TrainingInterruptedError", "Validated", "app", "evaluate_in_env", "run_training", "validate"]
+__all__ = [
+    "HoldoutCallback",
+    "TrainResult",
+    "TrainingInterruptedError",
+    "Validated",
+    "app",
+    "evaluate_in_env",
+    "run_training",
+    "summary",
+    "validate",
+]
 
 EVAL_KPIS = (
     "episode_return",
@@ -116,18 +143,27 @@ class TrainResult:
     policy: Policy
     timesteps: int
     kpis: dict[str, float]
+    eval_seeds: list[int] = field(default_factory=list)
 
 
 class TrainingInterruptedError(RuntimeError):
-    """Training stopped early (Ctrl-C); the run's last checkpoint is at ``step``."""
+    """A run stopped early (Ctrl-C or SIGTERM) and ended as KILLED; the message says what was kept.
 
-    def __init__(self, run_id: str, step: int) -> None:
-        super().__init__(
-            f"training interrupted at step {step}; checkpoint saved to MLflow run {run_id}. "
-            f"Resume with: servegym train resume={run_id}"
-        )
+    ``step`` is the last training step reached (None when unknown); ``resumable`` whether
+    ``resume=<run_id>`` can continue it (SB3 runs, which checkpoint).
+    """
+
+    def __init__(self, run_id: str, step: int | None, *, resumable: bool = True, detail: str | None = None) -> None:
+        where = "interrupted" if step is None else f"interrupted at step {step}"
+        if detail is None:
+            detail = (
+                f"checkpoint saved to MLflow run {run_id}" if resumable else f"MLflow run {run_id} kept its metrics"
+            )
+        then = f"Resume with: servegym train resume={run_id}" if resumable else "Rerun the command to train again"
+        super().__init__(f"training {where}; {detail} (the run ended as KILLED). {then}")
         self.run_id = run_id
         self.step = step
+        self.resumable = resumable
 
 
 def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
@@ -135,6 +171,15 @@ def _int(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} = {value!r} is invalid: must be an integer >= {minimum}")
     return value
+
+
+def _seeds(cfg: Mapping[str, Any], key: str) -> list[int]:
+    value = cfg.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        raise ConfigError(f"{key} = {value!r} is invalid: must be a list of integer seeds, e.g. [1000, 1001]")
+    return [int(s) for s in value]
 
 
 def _check_learner(agent: Mapping[str, Any], env_id: str) -> None:
@@ -153,7 +198,8 @@ def _check_learner(agent: Mapping[str, Any], env_id: str) -> None:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"agent.learner._target_ = {target!r}: no such class ({exc})") from exc
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    # the teacher is servegym's to pass (agent.teacher_run or agent.teacher_policy), not an argument to set
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "teacher"}
     for key in learner:
         if key != "_target_" and key not in accepted:
             raise ConfigError(
@@ -165,15 +211,20 @@ _TOP_LEVEL = frozenset(
     {
         "scenario", "env", "agent", "tracking", "seed", "total_timesteps", "episode_duration_s",
         "checkpoint_every_steps", "eval_every_steps", "eval_seeds", "progress_bar", "resume", "objective",
-        "torch_threads",
+        "torch_threads", "holdout_seeds",
     }
 )  # fmt: skip
 _AGENT_KEYS = {
     "sb3": frozenset(
-        {"kind", "name", "algo", "policy", "normalize", "norm_reward", "n_envs", "subprocess", "hyperparams"}
+        {
+            "kind", "name", "algo", "policy", "normalize", "norm_reward", "n_envs", "subprocess", "hyperparams",
+            "default_timesteps",
+        }
     ),
-    "sklearn": frozenset({"kind", "name", "envs", "learner", "teacher_run", "teacher_policy", "teacher_params"}),
-}
+    "sklearn": frozenset(
+        {"kind", "name", "envs", "learner", "teacher_run", "teacher_policy", "teacher_params", "default_timesteps"}
+    ),
+}  # fmt: skip
 
 
 def _no_unknown_keys(cfg: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
@@ -223,6 +274,14 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
     probe.close()
     if cfg.get("torch_threads") is not None:
         _int(cfg, "torch_threads", 1)
+    eval_seeds = _seeds(cfg, "eval_seeds")
+    holdout = _seeds(cfg, "holdout_seeds")
+    shared = sorted(set(eval_seeds) & set(holdout))
+    if shared:
+        raise ConfigError(
+            f"holdout_seeds = {holdout} is invalid: {shared} are also eval_seeds, on which a sweep selects its best "
+            "trial; held-out seeds must be disjoint from eval_seeds"
+        )
     return Validated(
         scenario=scenario,
         env_id=env_id,
@@ -351,9 +410,7 @@ class _TrackingCallback(BaseCallback):
         if finished:
             # vector envs finish episodes at the same step: one point, their mean, per step
             means = {
-                f"sim/{name}": float(np.mean([k[name] for k in finished]))
-                for name in EVAL_KPIS
-                if name in finished[0]
+                f"sim/{name}": float(np.mean([k[name] for k in finished])) for name in EVAL_KPIS if name in finished[0]
             }
             self.trainer.batch.log(means, self.num_timesteps)
         t = self.trainer
@@ -447,7 +504,6 @@ class _Trainer:
         show = sys.stderr.isatty() if progress == "auto" else bool(progress)
         if remaining > 0:
             try:
-                restore = _interrupt_on_sigterm()
                 model.learn(
                     remaining,
                     callback=CallbackList([_TrackingCallback(self), *callbacks]),
@@ -458,79 +514,137 @@ class _Trainer:
             except KeyboardInterrupt:
                 self.checkpoint()
                 raise TrainingInterruptedError(self.run_id, int(model.num_timesteps)) from None
-            finally:
-                restore()
         self.checkpoint()
         return self.freeze(), int(model.num_timesteps)
 
     # -- scikit-learn -------------------------------------------------------------------------
-    def train_sklearn(self) -> tuple[Policy, int]:
-        env = servegym.envs.make(self.v.env_id, **self.env_kwargs)
-        extra: dict[str, Any] = {}
-        if self.v.agent.get("name") == "distill":
-            extra["teacher"] = self.teacher(env)
+    def train_sklearn(self, learner: Any, env: gym.Env[Any, Any]) -> tuple[Policy, int]:
+        """Fit ``learner`` (built and checked before the run started) on ``env``."""
+        last_step = [0]
+
+        def log(metrics: dict[str, float], step: int) -> None:
+            last_step[0] = step
+            self.batch.log(metrics, step)
+
         try:
-            learner = hydra.utils.instantiate(self.v.agent["learner"], **extra)
-        except Exception as exc:  # Hydra wraps the constructor's ValueError
-            raise ConfigError(f"agent.learner: {exc}") from exc
-        policy: Policy = learner.learn(env, self.v.total_timesteps, self.v.seed, log=self.batch.log)
+            policy: Policy = learner.learn(env, self.v.total_timesteps, self.v.seed, log=log)
+        except KeyboardInterrupt:
+            # a fit cannot stop halfway into something usable: keep the metrics, say so
+            raise TrainingInterruptedError(
+                self.run_id,
+                last_step[0] or None,
+                resumable=False,
+                detail=f"MLflow run {self.run_id} kept the metrics logged so far; scikit-learn learners are not "
+                "checkpointed",
+            ) from None
         if isinstance(policy, LearnedAdmission):
             # it decides admissions only: Caching-v0 also asks for the semantic threshold
             policy = CachingEnvPolicy.nearest(env, policy)
-        env.close()
         return policy, self.v.total_timesteps
-
-    def teacher(self, env: gym.Env[Any, Any]) -> Policy:
-        """The policy to distil: a trained run's (``agent.teacher_run``) or a heuristic (``agent.teacher_policy``)."""
-        a = self.v.agent
-        if a.get("teacher_run"):
-            run_id = str(a["teacher_run"])
-            try:
-                local = self.client.download_artifacts(run_id, "policy", str(self.workdir / "teacher"))
-            except Exception as exc:
-                raise ConfigError(f"agent.teacher_run = {run_id!r}: no policy artifact in that run ({exc})") from exc
-            return load_policy(local)
-        name = str(a.get("teacher_policy"))
-        decision = DECISIONS.get(name)
-        kwargs: dict[str, Any] = dict(a.get("teacher_params") or {})
-        layout = env.unwrapped.layout  # type: ignore[attr-defined]
-        if decision == "scaling":
-            kwargs = {**scaling_kwargs(self.v.scenario), **kwargs}
-        elif decision == "routing":
-            kwargs = {"layout": layout, "backend_names": [b.name for b in self.v.scenario.backends], **kwargs}
-        elif decision == "admission":
-            kwargs = {"layout": layout, **kwargs}
-        else:
-            raise ConfigError(
-                f"agent.teacher_policy = {name!r} is invalid: give a scaling, routing or admission heuristic "
-                f"(e.g. hpa, cascade, frequency) or agent.teacher_run"
-            )
-        try:
-            return make_policy(name, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"agent.teacher_params: {exc}") from exc
 
     def log_eval(self, policy: Policy, step: int) -> dict[str, float]:
         """KPIs of ``policy`` on the evaluation seeds, logged as ``eval/<kpi>`` (mean) and ``eval/<kpi>_ci95``."""
         if not self.eval_seeds:
             return {}
         runs = evaluate_in_env(policy, self.v.env_id, self.env_kwargs, self.eval_seeds)
-        metrics: dict[str, float] = {}
-        for name in EVAL_KPIS:
-            values = [r[name] for r in runs if name in r and math.isfinite(r[name])]
-            if values:
-                est = estimate(values)
-                metrics[f"eval/{name}"] = est.mean
-                if math.isfinite(est.half_width):
-                    metrics[f"eval/{name}_ci95"] = est.half_width
-        prices = dict(self.cfg.get("objective") or {})
-        if prices:
-            objective = [
-                objective_usd(r, float(prices["slo_miss_usd"]), float(prices["bad_answer_usd"])) for r in runs
-            ]
-            metrics["eval/objective_usd"] = estimate(objective).mean
+        metrics = _kpi_metrics(runs, "eval", self.cfg.get("objective"))
         self.batch.log(metrics, step)
         return metrics
+
+
+def _kpi_metrics(
+    runs: Sequence[Mapping[str, float]], prefix: str, prices: Mapping[str, Any] | None
+) -> dict[str, float]:
+    """``<prefix>/<kpi>`` means over episodes with ``<prefix>/<kpi>_ci95`` half-widths, and the priced objective."""
+    metrics: dict[str, float] = {}
+    for name in EVAL_KPIS:
+        values = [r[name] for r in runs if name in r and math.isfinite(r[name])]
+        if values:
+            est = estimate(values)
+            metrics[f"{prefix}/{name}"] = est.mean
+            if math.isfinite(est.half_width):
+                metrics[f"{prefix}/{name}_ci95"] = est.half_width
+    if prices:
+        objective = estimate(
+            [objective_usd(r, float(prices["slo_miss_usd"]), float(prices["bad_answer_usd"])) for r in runs]
+        )
+        metrics[f"{prefix}/objective_usd"] = objective.mean
+        if math.isfinite(objective.half_width):
+            metrics[f"{prefix}/objective_usd_ci95"] = objective.half_width
+    return metrics
+
+
+def _teacher(v: Validated, env: gym.Env[Any, Any], client: MlflowClient, workdir: Path) -> Policy:
+    """The policy to distil: a trained run's (``agent.teacher_run``) or a heuristic (``agent.teacher_policy``)."""
+    a = v.agent
+    if a.get("teacher_run"):
+        run_id = str(a["teacher_run"])
+        require_store(mlflow.get_tracking_uri(), f"agent.teacher_run={run_id}")
+        try:
+            local = client.download_artifacts(run_id, "policy", str(workdir / "teacher"))
+        except Exception as exc:
+            raise ConfigError(f"agent.teacher_run = {run_id!r}: no policy artifact in that run ({exc})") from exc
+        return load_policy(local)
+    name = str(a.get("teacher_policy"))
+    decision = DECISIONS.get(name)
+    kwargs: dict[str, Any] = dict(a.get("teacher_params") or {})
+    layout = env.unwrapped.layout  # type: ignore[attr-defined]
+    if decision == "scaling":
+        kwargs = {**scaling_kwargs(v.scenario), **kwargs}
+    elif decision == "routing":
+        kwargs = {"layout": layout, "backend_names": [b.name for b in v.scenario.backends], **kwargs}
+    elif decision == "admission":
+        kwargs = {"layout": layout, **kwargs}
+    else:
+        raise ConfigError(
+            f"agent.teacher_policy = {name!r} is invalid: give a scaling, routing or admission heuristic "
+            f"(e.g. hpa, cascade, frequency) or agent.teacher_run"
+        )
+    accepted = sorted(set(inspect.signature(POLICIES[name]).parameters) - {"layout", "backend_names"})
+    for key in a.get("teacher_params") or {}:
+        if key not in accepted:
+            raise ConfigError(
+                f"agent.teacher_params.{key}: {name} has no argument {key!r}; it accepts: {', '.join(accepted)}"
+            )
+    try:
+        return make_policy(name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"agent.teacher_params: {exc}") from exc
+
+
+def _prepare_sklearn(v: Validated, client: MlflowClient, workdir: Path) -> tuple[Any, gym.Env[Any, Any]]:
+    """The scikit-learn learner (its constructor checks the argument values) and the env it fits on."""
+    env = servegym.envs.make(v.env_id, scenario=v.scenario, **v.env_kwargs)
+    extra: dict[str, Any] = {}
+    try:
+        if v.agent.get("name") == "distill":
+            extra["teacher"] = _teacher(v, env, client, workdir)
+        try:
+            learner = hydra.utils.instantiate(v.agent["learner"], **extra)
+        except Exception as exc:  # Hydra wraps the constructor's ValueError
+            raise ConfigError(f"agent.learner: {_root_cause(exc)}") from exc
+    except BaseException:
+        env.close()
+        raise
+    return learner, env
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc)
+
+
+def _check_sb3_model(v: Validated) -> None:
+    """Construct the SB3 model once on the real envs: SB3's own checks of the values run before the run starts."""
+    a = v.agent
+    venv = make_vec_env(v.env_id, {"scenario": v.scenario, **v.env_kwargs}, int(a["n_envs"]), v.seed, a["algo"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SB3's advice (batch size, CPU) is given again when the model is built
+            build_model(a["algo"], venv, a.get("hyperparams") or {}, v.seed, a["policy"])
+    finally:
+        venv.close()
 
 
 def _download_checkpoint(client: MlflowClient, run_id: str, into: Path) -> Path:
@@ -541,7 +655,63 @@ def _download_checkpoint(client: MlflowClient, run_id: str, into: Path) -> Path:
     return Path(local)
 
 
+def _checkpoint_steps(checkpoint: Path) -> int:
+    state = checkpoint / "state.yaml"
+    if not state.exists():
+        return 0
+    return int((yaml.safe_load(state.read_text()) or {}).get("num_timesteps", 0))
+
+
 _RESUMABLE_OVERRIDES = ("total_timesteps", "resume", "tracking.", "hydra.", "progress_bar")
+
+
+def _resume_config(
+    client: MlflowClient,
+    resume: str,
+    given: Mapping[str, Any],
+    tracking: Mapping[str, Any],
+    resume_overrides: Sequence[str],
+    workdir: Path,
+) -> tuple[dict[str, Any], Path]:
+    """The logged config of run ``resume`` (with the allowed overrides) and its downloaded checkpoint.
+
+    A KILLED or FAILED run continues from its checkpoint; a FINISHED one only when the new
+    ``total_timesteps`` is larger than the steps it trained (training it longer).
+    """
+    try:
+        run = client.get_run(resume)
+    except Exception as exc:
+        raise ConfigError(f"resume={resume}: no such MLflow run at {mlflow.get_tracking_uri()}") from exc
+    refused = [o for o in resume_overrides if not o.lstrip("+~").startswith(_RESUMABLE_OVERRIDES)]
+    if refused:
+        raise ConfigError(
+            f"resume={resume} continues the run with its logged config; only total_timesteps, "
+            f"progress_bar and tracking.* may change, not: {' '.join(refused)}"
+        )
+    logged = Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(workdir)))
+    container = {**yaml.safe_load(logged.read_text()), "resume": resume, "tracking": dict(tracking)}
+    for name in ("total_timesteps", "progress_bar"):
+        if any(o.lstrip("+").startswith(f"{name}=") for o in resume_overrides) or (
+            not resume_overrides and name in given
+        ):
+            container[name] = given[name]
+    agent = container.get("agent") or {}
+    if agent.get("kind") == "sklearn":
+        raise ConfigError(
+            f"resume={resume}: agent {agent.get('name')!r} is a scikit-learn learner, which keeps no checkpoint; "
+            "rerun its command instead (it fits in seconds)"
+        )
+    checkpoint = _download_checkpoint(client, run.info.run_id, workdir / "resume")
+    if run.info.status == "FINISHED":
+        trained = _checkpoint_steps(checkpoint)
+        budget = container.get("total_timesteps")
+        if not isinstance(budget, int) or budget <= trained:
+            raise ConfigError(
+                f"resume={resume}: the run already finished, {trained} timesteps trained for total_timesteps="
+                f"{budget}: nothing more to do. To train it longer, give a larger budget: "
+                f"servegym train resume={resume} total_timesteps={max(2 * trained, 1)}"
+            )
+    return container, checkpoint
 
 
 def run_training(
@@ -550,17 +720,24 @@ def run_training(
     base_dir: str | Path | None = None,
     resume_overrides: Sequence[str] = (),
     workload: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Validate ``cfg``, train, evaluate and record everything in one MLflow run.
 
     ``callbacks`` are extra SB3 callbacks (for example to stop early); ``base_dir`` is the
     directory a relative tracking URI is resolved against (default: the current one). A
     resumed run uses its own logged config; of ``resume_overrides`` (the command line),
-    only ``total_timesteps`` (to extend the budget), ``progress_bar`` and ``tracking.*``
-    apply, and anything else is refused rather than silently ignored. ``workload`` names
-    the ``workload`` config group's option that replaced the scenario's workload, if any:
-    the run is named after both (``Autoscaling-v0__ppo__default+diurnal__seed0``) and
-    tagged ``servegym.workload``, so runs that differ only in workload are told apart.
+    only ``total_timesteps`` (to extend the budget, also of a finished run), ``progress_bar``
+    and ``tracking.*`` apply, and anything else is refused rather than silently ignored.
+    Called without ``resume_overrides``, the ``total_timesteps`` and ``progress_bar`` given in
+    ``cfg`` apply. ``workload`` names the ``workload`` config group's option that replaced
+    the scenario's workload, if any: the run is named after both
+    (``Autoscaling-v0__ppo__default+diurnal__seed0``) and tagged ``servegym.workload``, so
+    runs that differ only in workload are told apart. ``tags`` are set on a new run (the
+    app tags the jobs of a multirun with their sweep directory).
+
+    Every check runs before the MLflow run is created: a bad value leaves no run behind.
+    Ctrl-C or SIGTERM during the run end it as KILLED (:class:`TrainingInterruptedError`).
 
     The run records ``budget/trained_timesteps``: SB3 stops only between rollouts (or
     ``train_freq`` collections), so it can exceed ``total_timesteps``; a warning says by
@@ -570,32 +747,24 @@ def run_training(
     container: dict[str, Any] = {str(k): value for k, value in raw.items()}  # type: ignore[union-attr]
     given = dict(container)
     tracking = dict(container.get("tracking") or {})
-    mlflow.set_tracking_uri(tracking_uri(tracking.get("uri"), base_dir))
-    client = MlflowClient()
+    uri = tracking_uri(tracking.get("uri"), base_dir)
     resume = container.get("resume")
+    if resume:
+        require_store(uri, f"resume={resume}")  # a lookup: never create an empty store
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
     with tempfile.TemporaryDirectory(prefix="servegym-train-") as tmp:
         workdir = Path(tmp)
         resume_from: Path | None = None
         if resume:
-            try:
-                run = client.get_run(str(resume))
-            except Exception as exc:
-                raise ConfigError(f"resume={resume}: no such MLflow run at {mlflow.get_tracking_uri()}") from exc
-            if run.info.status == "FINISHED":
-                raise ConfigError(f"resume={resume}: the run already finished; nothing to resume")
-            refused = [o for o in resume_overrides if not o.lstrip("+~").startswith(_RESUMABLE_OVERRIDES)]
-            if refused:
-                raise ConfigError(
-                    f"resume={resume} continues the run with its logged config; only total_timesteps, "
-                    f"progress_bar and tracking.* may change, not: {' '.join(refused)}"
-                )
-            logged = Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(workdir)))
-            container = {**yaml.safe_load(logged.read_text()), "resume": str(resume), "tracking": tracking}
-            for name in ("total_timesteps", "progress_bar"):
-                if any(o.startswith(f"{name}=") for o in resume_overrides):
-                    container[name] = given[name]
-            resume_from = _download_checkpoint(client, run.info.run_id, workdir / "resume")
+            container, resume_from = _resume_config(client, str(resume), given, tracking, resume_overrides, workdir)
         v = validate(container)
+        learner: Any = None
+        env: gym.Env[Any, Any] | None = None
+        if v.kind == "sklearn":
+            learner, env = _prepare_sklearn(v, client, workdir)
+        elif resume_from is None:
+            _check_sb3_model(v)
         agent_name = str(v.agent.get("name", v.agent.get("algo", "agent")))
         if resume:
             active = mlflow.start_run(run_id=str(resume))
@@ -606,40 +775,79 @@ def run_training(
                 experiment_id=experiment.experiment_id,
                 run_name=run_name(v.env_id, agent_name, scenario_label, v.seed),
             )
-        with active as run:
-            run_id = run.info.run_id
-            if not resume:
-                logged_config = {k: v_ for k, v_ in container.items() if k != "resume"}
-                mlflow.log_params(flatten(logged_config))
-                mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), "config/config.yaml")
-                mlflow.set_tags(
-                    {
-                        **provenance_tags(logged_config),
-                        "servegym.env": v.env_id,
-                        "servegym.agent": agent_name,
-                        "servegym.kind": v.kind,
-                        "servegym.scenario": v.scenario.name,
-                        "servegym.seed": str(v.seed),
-                        **({"servegym.workload": workload} if workload else {}),
-                    }
-                )
-            with BatchLogger(run_id, client, int(tracking.get("flush_every", 500))) as batch:
-                trainer = _Trainer(v, container, run_id, batch, workdir)
-                try:
-                    if v.kind == "sb3":
-                        policy, steps = trainer.train_sb3(resume_from, callbacks)
-                    else:
-                        policy, steps = trainer.train_sklearn()
-                except TrainingInterruptedError:
-                    batch.flush()
-                    mlflow.end_run(status="KILLED")
-                    raise
-                batch.log({"budget/trained_timesteps": steps}, steps)
-                kpis = trainer.log_eval(policy, steps)
-                batch.flush()
-            save_policy(policy, workdir / "policy")
-            mlflow.log_artifacts(str(workdir / "policy"), "policy")
-    return TrainResult(run_id=run_id, policy=policy, timesteps=steps, kpis=kpis)
+        restore = _interrupt_on_sigterm()
+        try:
+            with active as run:
+                run_id = run.info.run_id
+                if not resume:
+                    logged_config = {k: v_ for k, v_ in container.items() if k != "resume"}
+                    mlflow.log_params(flatten(logged_config))
+                    mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), "config/config.yaml")
+                    mlflow.set_tags(
+                        {
+                            **provenance_tags(logged_config),
+                            "servegym.env": v.env_id,
+                            "servegym.agent": agent_name,
+                            "servegym.kind": v.kind,
+                            "servegym.scenario": v.scenario.name,
+                            "servegym.seed": str(v.seed),
+                            **({"servegym.workload": workload} if workload else {}),
+                            **dict(tags or {}),
+                        }
+                    )
+                with BatchLogger(run_id, client, int(tracking.get("flush_every", 500))) as batch:
+                    trainer = _Trainer(v, container, run_id, batch, workdir)
+                    try:
+                        policy, steps, kpis = _train_and_save(trainer, resume_from, callbacks, learner, env)
+                    except TrainingInterruptedError:
+                        batch.flush()
+                        mlflow.end_run(status="KILLED")
+                        raise
+        finally:
+            restore()
+            if env is not None:
+                env.close()
+    return TrainResult(run_id=run_id, policy=policy, timesteps=steps, kpis=kpis, eval_seeds=trainer.eval_seeds)
+
+
+def _train_and_save(
+    trainer: _Trainer,
+    resume_from: Path | None,
+    callbacks: Sequence[BaseCallback],
+    learner: Any,
+    env: gym.Env[Any, Any] | None,
+) -> tuple[Policy, int, dict[str, float]]:
+    """Train, log the budget, evaluate and save ``policy/`` in the active run; interrupts become KILLED runs."""
+    try:
+        if learner is not None and env is not None:
+            policy, steps = trainer.train_sklearn(learner, env)
+        else:
+            policy, steps = trainer.train_sb3(resume_from, callbacks)
+    except KeyboardInterrupt:  # between SB3's checkpoint and the end of training: nothing new to keep
+        raise TrainingInterruptedError(trainer.run_id, None, resumable=trainer.v.kind == "sb3") from None
+    trainer.batch.log({"budget/trained_timesteps": steps}, steps)
+    try:
+        kpis = trainer.log_eval(policy, steps)
+        trainer.batch.flush()
+    except KeyboardInterrupt:
+        # the policy is trained: keep it, even though it has no eval/* KPIs
+        trainer.batch.flush()
+        _save_policy(policy, trainer.workdir)
+        resumable = trainer.v.kind == "sb3"
+        raise TrainingInterruptedError(
+            trainer.run_id,
+            steps,
+            resumable=resumable,
+            detail=f"the trained policy is saved as policy/ in MLflow run {trainer.run_id}, but its evaluation on "
+            f"eval_seeds did not finish" + ("; resuming evaluates it" if resumable else ""),
+        ) from None
+    _save_policy(policy, trainer.workdir)
+    return policy, steps, kpis
+
+
+def _save_policy(policy: Policy, workdir: Path) -> None:
+    save_policy(policy, workdir / "policy")
+    mlflow.log_artifacts(str(workdir / "policy"), "policy")
 
 
 def _explicit_overrides() -> list[str]:
@@ -657,6 +865,107 @@ def _workload_choice() -> str | None:
     return None if choice is None else str(choice)
 
 
+def _sweep_tags() -> dict[str, str]:
+    """A multirun job's sweep directory (absolute) as a tag, so a callback can find the sweep's runs."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
+    sweep_dir = Path(str(hc.sweep.dir))
+    if not sweep_dir.is_absolute():
+        sweep_dir = Path(hydra.utils.get_original_cwd()) / sweep_dir
+    return {SWEEP_TAG: str(sweep_dir.resolve())}
+
+
+SWEEP_TAG = "servegym.sweep_dir"
+"""Tag of every run a multirun job made: the sweep's output directory (absolute)."""
+
+
+_UNITS = {"_s": " s", "_usd": " USD"}
+
+
+def summary(kpis: Mapping[str, float], seeds: Sequence[int], prefix: str = "eval") -> str:
+    """``evaluation over seeds [...] (mean ± 95% CI): objective_usd 328 ± 5 USD, latency_p95_s 21.6 ± 15.8 s, ...``.
+
+    The KPIs are means over one episode per seed; the ± is the half-width of their 95%
+    t-interval (absent with a single seed).
+    """
+    parts: list[str] = []
+    names = ["objective_usd", *EVAL_KPIS]
+    for name in names:
+        mean = kpis.get(f"{prefix}/{name}")
+        if mean is None:
+            continue
+        unit = next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), "")
+        ci = kpis.get(f"{prefix}/{name}_ci95")
+        parts.append(f"{name} {mean:.4g}" + (f" ± {ci:.3g}" if ci is not None else "") + unit)
+    what = "evaluation" if prefix == "eval" else "held-out evaluation"
+    how = "mean ± 95% CI" if len(seeds) > 1 else "one episode"
+    return f"{what} over seeds {list(seeds)} ({how}): " + ", ".join(parts)
+
+
+class HoldoutCallback(Callback):
+    """Hydra callback: after a tuning sweep, evaluate the best trial's policy on held-out seeds.
+
+    A sweeper (Optuna: ``+experiment=tune_ppo``) selects the trial with the lowest
+    ``eval/objective_usd`` on ``eval_seeds``; that number is biased low by the selection
+    itself. ``on_multirun_end`` finds the sweep's runs (tag ``servegym.sweep_dir``), takes
+    the best finished one, evaluates its ``policy/`` on ``holdout_seeds`` (disjoint from
+    ``eval_seeds``) in the run's own environment and scenario, logs ``holdout/*`` (means,
+    ``_ci95`` half-widths, ``holdout/objective_usd``) to that run and prints them.
+    """
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        seeds = [int(s) for s in config.get("holdout_seeds") or []]
+        if not seeds:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        uri = tracking_uri((config.get("tracking") or {}).get("uri"))
+        result = evaluate_holdout(uri, sweep_dir, seeds)
+        if result is None:
+            print(f"held-out evaluation: no finished run with eval/objective_usd in the sweep {sweep_dir}")
+            return
+        run_id, metrics = result
+        print(
+            f"best trial: run {run_id}; eval/objective_usd was selected on eval_seeds, so here it is on held-out seeds"
+        )
+        print(summary(metrics, seeds, prefix="holdout"))
+
+
+def evaluate_holdout(uri: str, sweep_dir: Path, seeds: Sequence[int]) -> tuple[str, dict[str, float]] | None:
+    """Evaluate the best run of the sweep in ``sweep_dir`` on ``seeds``; log ``holdout/*`` to it.
+
+    Returns the run id and the metrics, or None when the sweep has no finished run with
+    ``eval/objective_usd``.
+    """
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_dir}' and attributes.status = 'FINISHED'",
+        order_by=["metrics.`eval/objective_usd` ASC"],
+    )
+    scored = [r for r in runs if math.isfinite(r.data.metrics.get("eval/objective_usd", math.nan))]
+    if not scored:
+        return None
+    best = min(scored, key=lambda r: r.data.metrics["eval/objective_usd"])
+    run_id = best.info.run_id
+    with tempfile.TemporaryDirectory(prefix="servegym-holdout-") as tmp:
+        logged = Path(client.download_artifacts(run_id, "config/config.yaml", tmp))
+        config = yaml.safe_load(logged.read_text())
+        v = validate(config)
+        policy = load_policy(client.download_artifacts(run_id, "policy", tmp))
+    episodes = evaluate_in_env(policy, v.env_id, {"scenario": v.scenario, **v.env_kwargs}, seeds)
+    metrics = _kpi_metrics(episodes, "holdout", config.get("objective"))
+    step = int(best.data.metrics.get("budget/trained_timesteps", 0))
+    with BatchLogger(run_id, client) as batch:
+        batch.log(metrics, step)
+    client.set_tag(run_id, "servegym.holdout_seeds", json.dumps(list(seeds)))
+    return run_id, metrics
+
+
 register_configs()
 
 
@@ -669,15 +978,17 @@ def app(cfg: DictConfig) -> float | None:
             base_dir=hydra.utils.get_original_cwd(),
             resume_overrides=_explicit_overrides(),
             workload=_workload_choice(),
+            tags=_sweep_tags(),
         )
     except (ConfigError, TraceError, ValueError) as exc:
-        # the MLflow run (if one started) is kept and marked FAILED
+        # raised before the MLflow run is created: no run is left behind
         print(f"servegym train: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterruptedError as exc:
         print(f"servegym train: {exc}", file=sys.stderr)
         sys.exit(130)
-    shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in result.kpis.items() if not k.endswith("_ci95"))
-    print(f"run {result.run_id}: {result.timesteps} steps; {shown}")
+    print(f"run {result.run_id}: {result.timesteps} steps")
+    if result.kpis:
+        print(summary(result.kpis, result.eval_seeds))
     objective = result.kpis.get("eval/objective_usd")
     return None if objective is None else (objective if math.isfinite(objective) else math.inf)

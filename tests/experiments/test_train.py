@@ -89,6 +89,15 @@ def test_unknown_agent_lists_the_choices() -> None:
         (["scenario.workload.kind=fractal"], r"scenario\.workload\.kind"),
         (["scenario.pool.min_replicas=40"], r"scenario\.pool\."),
         (["+agent.hyperparams.n_step=3"], r"agent\.hyperparams\.n_step: PPO has no hyperparameter 'n_step'"),
+        (
+            ["agent.hyperparams.learning_rate=abc"],
+            r"agent\.hyperparams\.learning_rate = 'abc' is invalid: PPO takes a number",
+        ),
+        (["agent.hyperparams.n_steps=1.5"], r"agent\.hyperparams\.n_steps = 1\.5 is invalid: PPO takes an integer"),
+        (
+            ["eval_seeds=[1,2]", "+holdout_seeds=[2,3]"],
+            r"holdout_seeds = \[2, 3\] is invalid: \[2\] are also eval_seeds",
+        ),
         (["agent=dqn", "env=caching"], r"agent\.algo: dqn cannot act in the action space MultiDiscrete"),
         (["env.kwargs.cost_weight=-1"], r"cost_weight"),
         (["episode_duration_s=-5"], r"episode_duration_s = -5"),
@@ -377,3 +386,202 @@ def test_a_budget_between_rollouts_warns_and_logs_the_timesteps_trained(store: s
     assert result.timesteps == 64
     history = MlflowClient(store).get_metric_history(result.run_id, "budget/trained_timesteps")
     assert [(m.value, m.step) for m in history] == [(64.0, 64)]
+
+
+# -- open hyperparameter mappings, validation before the run --------------------------------
+def test_hyperparams_and_learner_args_need_no_plus_and_typos_still_fail() -> None:
+    v = validate(_plain(_compose("agent.hyperparams.target_kl=0.01", "agent.hyperparams.policy_kwargs.net_arch=[8]")))
+    assert v.agent["hyperparams"]["target_kl"] == 0.01
+    assert v.agent["hyperparams"]["policy_kwargs"] == {"net_arch": [8]}
+    with pytest.raises(ConfigError, match=r"agent\.hyperparams\.learning_rat: PPO has no hyperparameter") as info:
+        validate(_plain(_compose("agent.hyperparams.learning_rat=0.1")))
+    allowed = str(info.value).split("it accepts: ")[1].split(", ")
+    assert "learning_rate" in allowed and "target_kl" in allowed
+    for internal in ("_init_setup_model", "seed", "device", "verbose", "tensorboard_log", "policy", "env"):
+        assert internal not in allowed
+    with pytest.raises(ConfigError, match=r"agent\.hyperparams\.seed: .*use the top-level seed=N"):
+        validate(_plain(_compose("agent.hyperparams.seed=3")))
+    v = validate(_plain(_compose("agent=predictive", "agent.learner.max_depth=3")))
+    assert v.agent["learner"]["max_depth"] == 3
+    with pytest.raises(ConfigError, match=r"agent\.learner\.n_tree: PredictiveAutoscalerLearner has no argument"):
+        validate(_plain(_compose("agent=predictive", "agent.learner.n_tree=3")))
+    with pytest.raises(ConfigCompositionException, match=r"agent\.nonsense"):
+        _compose("agent.nonsense=1")  # outside the open mappings, Hydra's struct check stays
+
+
+def _runs(uri: str) -> list[Any]:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["agent.hyperparams.learning_rate=abc"], r"learning_rate = 'abc' is invalid"),
+        (["agent.hyperparams.batch_size=1"], r"PPO rejected them"),  # SB3's own check, when it builds the model
+        (["agent=predictive", "agent.learner.eval_fraction=2"], r"agent\.learner: .*eval_fraction = 2"),
+        (["agent=distill", "agent.teacher_params.target_utilisatio=0.5"], r"teacher_params\.target_utilisatio"),
+    ],
+)
+def test_a_bad_value_fails_before_any_mlflow_run_is_created(overrides: list[str], message: str, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # an existing, empty store
+    with pytest.raises(ConfigError, match=message):
+        run_training(_compose(*[o for o in TINY if not o.startswith("agent.")], *overrides, f"tracking.uri={uri}"))
+    assert _runs(uri) == []
+
+
+def test_resume_never_creates_a_store(tmp_path: Path) -> None:
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    with pytest.raises(ValueError, match=rf"resume=0123abc: no MLflow tracking store at {missing}"):
+        run_training({"resume": "0123abc", "tracking": {"uri": f"sqlite:///{missing}"}})
+    assert not missing.exists() and not missing.parent.exists()
+
+
+# -- interrupting every kind of learner ------------------------------------------------------
+def test_sigterm_ends_a_scikit_learn_run_as_killed_keeping_its_metrics(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from servegym.agents.predictive import PredictiveAutoscalerLearner
+
+    fit = PredictiveAutoscalerLearner.learn
+
+    def learn_then_terminate(self: Any, env: Any, total_timesteps: int, seed: int, log: Any = None) -> Any:
+        log({"forecast/progress": 1.0}, 10)
+        os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` would, halfway through the fit
+        return fit(self, env, total_timesteps, seed, log=log)
+
+    monkeypatch.setattr(PredictiveAutoscalerLearner, "learn", learn_then_terminate)
+    cfg = _compose("agent=predictive", *[o for o in TINY if not o.startswith("agent.")], f"tracking.uri={store}")
+    with pytest.raises(
+        TrainingInterruptedError, match=r"interrupted at step 10; MLflow run \w+ kept the metrics logged so far"
+    ) as info:
+        run_training(cfg)
+    assert not info.value.resumable and "Rerun the command" in str(info.value)
+    client = MlflowClient(store)
+    run = client.get_run(info.value.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.metrics["forecast/progress"] == 1.0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(ConfigError, match=r"scikit-learn learner, which keeps no checkpoint; rerun its command"):
+        run_training({"resume": info.value.run_id, "tracking": {"uri": store}})
+
+
+def test_an_interrupted_evaluation_still_saves_the_trained_policy(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import servegym.experiments.train as train
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "evaluate_in_env", interrupted)
+    cfg = _compose(
+        "agent=bandit", "env=routing", *[o for o in TINY if not o.startswith("agent.")], "total_timesteps=300",
+        f"tracking.uri={store}",
+    )  # fmt: skip
+    with pytest.raises(TrainingInterruptedError, match=r"the trained policy is saved as policy/") as info:
+        run_training(cfg)
+    client = MlflowClient(store)
+    assert client.get_run(info.value.run_id).info.status == "KILLED"
+    assert "policy/policy.json" in {a.path for a in client.list_artifacts(info.value.run_id, "policy")}
+
+
+def test_cli_sigterm_on_a_scikit_learn_learner_exits_130_with_a_killed_run(tmp_path: Path) -> None:
+    """The review's reproduction: `timeout -s TERM 20 servegym train agent=predictive ...` left a RUNNING run."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "mlflow.db"
+    cmd = [
+        sys.executable, "-m", "servegym.cli", "train", "agent=predictive", "env=autoscaling",
+        "episode_duration_s=900", "total_timesteps=1000000", f"tracking.uri=sqlite:///{db}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if db.exists():
+                try:
+                    with sqlite3.connect(db) as conn:
+                        if conn.execute("select count(*) from runs where status='RUNNING'").fetchone()[0]:
+                            break
+                except sqlite3.OperationalError:
+                    continue  # tables not created yet
+        time.sleep(1.0)  # into the fit
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "ended as KILLED" in err and "Rerun the command" in err and "Traceback" not in err
+    assert [r.info.status for r in _runs(f"sqlite:///{db}")] == ["KILLED"]
+
+
+# -- train longer: extending a finished run ----------------------------------------------------
+def test_a_finished_run_trains_longer_into_the_same_run(store: str) -> None:
+    first = run_training(_compose("agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}"))
+    assert first.timesteps == 64
+    longer_cfg = {"resume": first.run_id, "tracking": {"uri": store}, "total_timesteps": 128}
+    longer = run_training(longer_cfg, resume_overrides=[f"resume={first.run_id}", "total_timesteps=128"])
+    assert longer.run_id == first.run_id and longer.timesteps == 128
+    client = MlflowClient(store)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    trained = [(m.value, m.step) for m in client.get_metric_history(first.run_id, "budget/trained_timesteps")]
+    assert trained == [(64.0, 64), (128.0, 128)]
+    assert max(m.step for m in client.get_metric_history(first.run_id, "time/total_timesteps")) == 128
+    assert [m.step for m in client.get_metric_history(first.run_id, "eval/cost_usd")] == [64, 128]
+    # nothing more to do: refused, saying how to train longer
+    with pytest.raises(ConfigError, match=r"already finished, 128 timesteps trained .* total_timesteps=256"):
+        run_training(longer_cfg)
+    with pytest.raises(ConfigError, match="already finished"):
+        run_training({"resume": first.run_id, "tracking": {"uri": store}})
+
+
+# -- budgets and the summary -----------------------------------------------------------------
+AGENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "servegym" / "conf" / "agent").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_every_agent_has_its_own_default_budget(agent: str) -> None:
+    cfg = _plain(_compose(f"agent={agent}"))
+    assert cfg["total_timesteps"] == cfg["agent"]["default_timesteps"] > 0
+    assert _plain(_compose(f"agent={agent}", "total_timesteps=77"))["total_timesteps"] == 77
+
+
+def test_the_summary_says_what_the_numbers_are() -> None:
+    from servegym.experiments.train import summary
+
+    kpis = {
+        "eval/latency_p95_s": 21.62, "eval/latency_p95_s_ci95": 15.8, "eval/slo_attainment": 0.9395,
+        "eval/slo_attainment_ci95": 0.004, "eval/objective_usd": 328.1, "eval/objective_usd_ci95": 5.0,
+    }  # fmt: skip
+    line = summary(kpis, [1000, 1001, 1002])
+    assert line.startswith("evaluation over seeds [1000, 1001, 1002] (mean ± 95% CI): objective_usd 328.1 ± 5 USD")
+    assert "latency_p95_s 21.62 ± 15.8 s" in line and "slo_attainment 0.9395 ± 0.004" in line
+    assert summary({"eval/cost_usd": 3.0}, [7]) == "evaluation over seeds [7] (one episode): cost_usd 3 USD"
+
+
+# -- held-out check after a tuning sweep -------------------------------------------------------
+def test_tune_ppo_sweep_evaluates_the_best_trial_on_held_out_seeds(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        sys.executable, "-m", "servegym.cli", "train", "-m", "+experiment=tune_ppo", "hydra.sweeper.n_trials=2",
+        "total_timesteps=128", "episode_duration_s=300", "agent.n_envs=1", "agent.hyperparams.batch_size=64",
+        "eval_seeds=[7]", "holdout_seeds=[8,9]", "progress_bar=false", f"tracking.uri={uri}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = _runs(uri)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    best = min(runs, key=lambda r: r.data.metrics["eval/objective_usd"])
+    other = max(runs, key=lambda r: r.data.metrics["eval/objective_usd"])
+    for key in ("holdout/objective_usd", "holdout/objective_usd_ci95", "holdout/latency_p95_s", "holdout/cost_usd"):
+        assert np.isfinite(best.data.metrics[key]), key
+    assert not any(k.startswith("holdout/") for k in other.data.metrics)
+    assert best.data.tags["servegym.holdout_seeds"] == "[8, 9]"
+    assert f"best trial: run {best.info.run_id}" in done.stdout
+    assert "held-out evaluation over seeds [8, 9] (mean ± 95% CI): objective_usd" in done.stdout
