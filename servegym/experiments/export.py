@@ -26,6 +26,8 @@ optionally registered with an alias; serve it with
 
 from __future__ import annotations
 
+import inspect
+import os
 import re
 import sys
 import tempfile
@@ -58,6 +60,7 @@ class ExportResult:
     provenance: dict[str, Any]
     model_uri: str | None = None
     registered_version: str | None = None
+    model_reused: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +119,14 @@ def _heuristic(
         kwargs, env_id = {"layout": admission_layout(Platform(scenario))}, "servegym/Caching-v0"
     else:
         kwargs, env_id = {"layout": interval_layout(scenario)}, "servegym/Caching-v0"
+    # servegym passes the scenario-derived arguments; the rest are the heuristic's to tune
+    accepted = sorted(set(inspect.signature(POLICIES[name]).parameters) - set(kwargs))
+    for key in params:
+        if key not in accepted:
+            raise ExportError(
+                f"run=heuristic:{name} with params={dict(params)}: params.{key}: {name} has no argument {key!r} "
+                f"to set; it accepts: {', '.join(accepted)}"
+            )
     try:
         policy = make_policy(name, **kwargs, **dict(params))
     except (TypeError, ValueError) as exc:
@@ -180,7 +191,12 @@ def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str
     from mlflow.tracking import MlflowClient
 
     from servegym.agents.io import load_policy
+    from servegym.experiments.tracking import StoreNotFoundError, require_store
 
+    try:
+        require_store(mlflow.get_tracking_uri(), f"run={source}")  # a lookup: never create an empty store
+    except StoreNotFoundError as exc:
+        raise ExportError(str(exc)) from None
     run_id, artifact_path, extra = _resolve_mlflow(source)
     client = MlflowClient()
     try:
@@ -273,10 +289,10 @@ def export_source(
     if log_model or registered_model is not None:
         from servegym.deploy.mlflow_model import log_bundle
 
-        info = log_bundle(bundle, run_id=run_id, registered_model=registered_model, alias=alias)
-        result.model_uri = info.model_uri
-        version = info.registered_model_version
-        result.registered_version = None if version is None else str(version)
+        logged = log_bundle(bundle, run_id=run_id, registered_model=registered_model, alias=alias)
+        result.model_uri = logged.model_uri
+        result.registered_version = logged.registered_version
+        result.model_reused = logged.reused
     return result
 
 
@@ -317,6 +333,7 @@ def app(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg, key):
             _fail(f"{key} is required: {what}")
     base = Path(hydra.utils.get_original_cwd())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small download is noise
     mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri, base))
     log_model = cfg.mlflow.log_model
     if log_model not in ("auto", True, False):
@@ -340,4 +357,7 @@ def app(cfg: DictConfig) -> None:
     print(f"bundle written to {result.bundle}")
     if result.model_uri is not None:
         registered = f" (registered version {result.registered_version})" if result.registered_version else ""
-        print(f"pyfunc model logged as {result.model_uri}{registered}")
+        if result.model_reused:
+            print(f"pyfunc model unchanged: this bundle is already logged as {result.model_uri}{registered}")
+        else:
+            print(f"pyfunc model logged as {result.model_uri}{registered}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,9 +108,21 @@ def test_export_from_a_local_policy_directory(
 
 
 def test_export_a_tuned_heuristic(monkeypatch: pytest.MonkeyPatch, store: str, tmp_path: Path) -> None:
-    _export(monkeypatch, store, "run=heuristic:hpa", "+params.target_utilisation=0.55", f"out={tmp_path / 'hpa'}")
+    _export(monkeypatch, store, "run=heuristic:hpa", "params.target_utilisation=0.55", f"out={tmp_path / 'hpa'}")
     spec = runtime.load(tmp_path / "hpa").spec
     assert spec["policy"]["kind"] == "hpa" and spec["policy"]["params"]["target_utilisation"] == 0.55
+
+
+def test_a_misspelt_heuristic_param_lists_the_settable_ones(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit):
+        _export(monkeypatch, store, "run=heuristic:hpa", "params.target_utilisatio=0.5", f"out={tmp_path / 'x'}")
+    err = capsys.readouterr().err
+    assert "params.target_utilisatio: hpa has no argument 'target_utilisatio'" in err
+    allowed = err.split("it accepts: ")[1].strip().split(", ")
+    assert "target_utilisation" in allowed and "tolerance" in allowed
+    assert not {"layout", "min_replicas", "max_replicas", "interval_s", "slots_per_replica"} & set(allowed)
 
 
 @pytest.mark.parametrize(
@@ -170,3 +183,52 @@ def test_export_a_trained_bandit_run_through_mlflow(
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/policy_bundle")
     frame = pd.DataFrame(obs.astype(np.float64), columns=list(bundle.feature_names))
     np.testing.assert_array_equal(model.predict(frame)["action"].to_numpy(), expected)
+
+
+def test_exporting_the_same_run_again_reuses_its_model_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+    trained_run: tuple[str, SB3Policy],
+    tmp_path: Path,
+) -> None:
+    run_id, _ = trained_run
+    register = ("mlflow.registered_model=again", "mlflow.alias=prod", "onnx=false")  # a bundle no other test logs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # MLflow's advice to servegym's code is not the user's to act on
+        _export(monkeypatch, store, f"run={run_id}", f"out={tmp_path / 'a'}", *register)
+        first = capsys.readouterr().out
+        _export(monkeypatch, store, f"run={run_id}", f"out={tmp_path / 'a'}", "overwrite=true", *register)
+        second = capsys.readouterr().out
+    assert "pyfunc model logged as models:/" in first and "(registered version 1)" in first
+    assert "pyfunc model unchanged: this bundle is already logged as models:/" in second
+    assert "(registered version 1)" in second
+    uri = first.split("logged as ")[1].split()[0]
+    assert uri in second
+    experiment = mlflow.get_experiment_by_name("servegym")
+    assert experiment is not None
+    logged = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = 'policy_bundle'",
+        output_format="list",
+    )
+    assert len([m for m in logged if m.model_uri == uri]) == 1
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name = 'again'")] == ["1"]
+    # a different bundle (its provenance names another source) is a new model
+    _export(monkeypatch, store, f"run=runs:/{run_id}/policy", f"out={tmp_path / 'b'}", "onnx=false")
+    assert "pyfunc model logged as" in capsys.readouterr().out
+
+
+def test_exporting_a_run_never_creates_a_store(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """From a directory without mlflow.db: a clear error naming where it looked, and no mlflow.db or outputs/ left."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(sys, "argv", ["servegym export", "run=0123456789abcdef0123456789abcdef", "out=b"])
+    with pytest.raises(SystemExit) as exit_info:
+        app()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"no MLflow tracking store at {tmp_path.resolve() / 'mlflow.db'}" in err
+    assert list(tmp_path.iterdir()) == []
