@@ -42,7 +42,10 @@ config group replaces the workload of every compared scenario (``workload=diurna
 tables then name each scenario ``<scenario>+<workload>``.
 
 Each job returns the mean ``objective_usd`` (cost plus a price per SLO miss and per bad
-answer), which the Optuna sweeper minimises when tuning heuristics.
+answer), which the Optuna sweeper minimises when tuning heuristics. The best of many trials,
+scored on the seeds it was picked on, looks better than it is (the winner's curse): with
+``holdout_seeds`` set, ``on_multirun_end`` re-runs each scenario's best job on those seeds,
+through the code path of the jobs, and reports both scores (``holdout/*`` on the parent run).
 """
 
 from __future__ import annotations
@@ -71,7 +74,15 @@ from mlflow.tracking import MlflowClient
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from servegym.experiments.evaluate import DECISIONS, ENV_DECISIONS, KPI_COLUMNS, PolicyResult, objective_usd, simulate
-from servegym.experiments.leaderboard import HIGHER_IS_BETTER, ScenarioSummary, format_summary, is_oracle, summarise
+from servegym.experiments.leaderboard import (
+    HIGHER_IS_BETTER,
+    HoldoutCheck,
+    ScenarioSummary,
+    format_holdout,
+    format_summary,
+    is_oracle,
+    summarise,
+)
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate, few_seeds_warning
 from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, tracking_uri
@@ -108,6 +119,7 @@ TRAINED_PREFIXES = ("run:", "models:/")
 TRAINED_DECISIONS = {"servegym/Autoscaling-v0": "scaling", "servegym/Routing-v0": "routing"}
 SWEEP_TAG = "servegym.sweep_dir"
 RESULTS = "results.json"
+JOB_CONFIG = "config/job.yaml"
 
 
 def sweep_values(values: Any) -> str:
@@ -411,6 +423,38 @@ def _metric_key(text: str) -> str:
 
 
 # -- one job -----------------------------------------------------------------------------------
+def _job_inputs(c: Mapping[str, Any], base_dir: str | Path) -> tuple[PolicyDef, ScenarioConfig]:
+    """The job's policy definition and its scenario (with the policy's overrides, a trace path made absolute)."""
+    definition = resolve_policy(str(c["job_policy"]), c.get("policy_defs") or {}, c.get("params") or {})
+    data = dict(c["scenario"])
+    trace = (data.get("workload") or {}).get("trace_path")
+    if trace and not Path(str(trace)).is_absolute():
+        data["workload"] = {**data["workload"], "trace_path": str((Path(base_dir) / str(trace)).resolve())}
+    try:
+        scenario = scenario_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"scenario.{exc}") from exc
+    return definition, apply_overrides(scenario, list(definition.scenario_overrides))
+
+
+def _evaluate_job(
+    definition: PolicyDef,
+    scenario: ScenarioConfig,
+    c: Mapping[str, Any],
+    seeds: Sequence[int],
+    client: MlflowClient,
+    workdir: Path,
+) -> tuple[list[dict[str, float]], list[str], dict[str, Any] | None]:
+    """The job's policy on ``seeds``: named KPIs per seed (objective included), level names, telemetry.
+
+    Jobs call it on the comparison's seeds, and the held-out check on held-out seeds, so
+    both numbers come from one code path (:func:`servegym.experiments.evaluate.simulate`).
+    """
+    env_id = str(c.get("env_id", "Platform-v0"))
+    kpis, levels, telemetry = _run_seeds(definition, env_id, scenario, seeds, client, workdir)
+    return [_named_kpis(k, levels, c.get("objective") or {}) for k in kpis], levels, telemetry
+
+
 def run_job(
     cfg: DictConfig | Mapping[str, Any], base_dir: str | Path, sweep_dir: str | None, workload: str | None = None
 ) -> float:
@@ -452,16 +496,7 @@ def run_job(
     run = client.create_run(experiment_id, run_name=f"{label}__{scenario_name}", tags=tags)
     run_id = run.info.run_id
     try:
-        definition = resolve_policy(job_policy, c.get("policy_defs") or {}, c.get("params") or {})
-        data = dict(c["scenario"])
-        trace = (data.get("workload") or {}).get("trace_path")
-        if trace and not Path(str(trace)).is_absolute():
-            data["workload"] = {**data["workload"], "trace_path": str((Path(base_dir) / str(trace)).resolve())}
-        try:
-            scenario = scenario_from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"scenario.{exc}") from exc
-        scenario = apply_overrides(scenario, list(definition.scenario_overrides))
+        definition, scenario = _job_inputs(c, base_dir)
         seeds = seeds_of(c.get("seeds"))
         parts = definition.spec.split("+")
         env_id = str(c.get("env_id", "Platform-v0"))
@@ -484,9 +519,10 @@ def run_job(
                 ).items()
             ],
         )
+        # what the held-out check of a tuning sweep needs to re-run this job on other seeds
+        client.log_text(run_id, yaml.safe_dump(c, sort_keys=False), JOB_CONFIG)
         with tempfile.TemporaryDirectory(prefix="servegym-compare-") as tmp:
-            kpis, levels, telemetry = _run_seeds(definition, env_id, scenario, seeds, client, Path(tmp))
-        named = [_named_kpis(k, levels, c.get("objective") or {}) for k in kpis]
+            named, levels, telemetry = _evaluate_job(definition, scenario, c, seeds, client, Path(tmp))
         logged = [*TABLE_KPIS, *(f"hit_rate_{t}" for t in levels), "latency_p50_s", "latency_p99_s", "drop_rate"]
         with BatchLogger(run_id, client) as batch:
             for seed, values in zip(seeds, named, strict=True):
@@ -587,7 +623,18 @@ def _validate(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"params.{name} = {args!r} is invalid: must map argument names to values")
     for label in policies:
         resolve_policy(str(label), config.get("policy_defs") or {}, config.get("params") or {})
-    seeds_of(config.get("seeds"))
+    seeds = seeds_of(config.get("seeds"))
+    if config.get("holdout_seeds") is not None:
+        try:
+            held_out = seeds_of(config.get("holdout_seeds"))
+        except ConfigError as exc:
+            raise ConfigError(f"holdout_{exc}") from exc
+        shared = sorted(set(held_out) & set(seeds))
+        if shared:
+            raise ConfigError(
+                f"holdout_seeds = {held_out} shares seeds {shared} with seeds = {seeds}: held-out seeds must be "
+                "seeds no job ran, e.g. holdout_seeds=[100,101,102,103,104]"
+            )
     env_id = str(config.get("env_id"))
     if env_id.removeprefix("servegym/") not in ENV_DECISIONS:
         raise ConfigError(f"env_id = {env_id!r} is not an environment; use one of {', '.join(ENV_DECISIONS)}")
@@ -715,15 +762,82 @@ def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[
     return sorted(runs, key=order)
 
 
+HOLDOUT_KPIS = ("objective_usd", "latency_p95_s", "slo_attainment", "cost_usd", "hit_rate", "quality")
+
+
+def _holdout_checks(
+    client: MlflowClient,
+    config: Mapping[str, Any],
+    results: Mapping[str, Mapping[str, dict[str, Any]]],
+    base_dir: Path,
+    workdir: Path,
+) -> list[HoldoutCheck]:
+    """With ``holdout_seeds`` set, re-run each scenario's best job (lowest mean objective) on those seeds.
+
+    The job is rebuilt from the resolved config it logged (``config/job.yaml``: its policy
+    with its parameters, its scenario) and evaluated by the code path the jobs use.
+    """
+    if config.get("holdout_seeds") is None:
+        return []
+    seeds = seeds_of(config.get("holdout_seeds"))
+    checks = []
+    for scenario, by_label in results.items():
+        scored = [
+            (estimate([v.get("objective_usd", math.nan) for v in d["kpis"]]).mean, lbl) for lbl, d in by_label.items()
+        ]
+        scored = [(score, lbl) for score, lbl in scored if math.isfinite(score)]
+        if not scored:
+            continue
+        best = min(scored)[1]
+        data = by_label[best]
+        print(f"servegym compare: held-out check: re-running {best} on {scenario} with seeds {seeds}", flush=True)
+        local = client.download_artifacts(data["run_id"], JOB_CONFIG, str(workdir / "holdout" / data["run_id"]))
+        job = yaml.safe_load(Path(local).read_text())
+        definition, scenario_config = _job_inputs(job, base_dir)
+        named, _, _ = _evaluate_job(definition, scenario_config, job, seeds, client, workdir / "holdout-run")
+
+        def kpis_of(runs: Sequence[Mapping[str, float]]) -> tuple[dict[str, float], ...]:
+            return tuple({k: float(v.get(k, math.nan)) for k in HOLDOUT_KPIS} for v in runs)
+
+        checks.append(
+            HoldoutCheck(
+                scenario,
+                best,
+                len(scored),
+                PolicyResult(best, tuple(data["seeds"]), kpis_of(data["kpis"])),
+                PolicyResult(best, tuple(seeds), kpis_of(named)),
+            )
+        )
+    return checks
+
+
+def _log_holdout(client: MlflowClient, parent_id: str, checks: Sequence[HoldoutCheck]) -> None:
+    """``holdout/<scenario>/{mean,ci95,tuning_mean,tuning_ci95}/<kpi>`` and the pick as a tag, on the parent run."""
+    metrics: dict[str, float] = {}
+    for check in checks:
+        for k in HOLDOUT_KPIS:
+            for prefix, result in (("", check.holdout), ("tuning_", check.tuning)):
+                e = result.estimate(k)
+                for name, value in ((f"{prefix}mean", e.mean), (f"{prefix}ci95", e.half_width)):
+                    if math.isfinite(value):
+                        metrics[_metric_key(f"holdout/{check.scenario}/{name}/{k}")] = value
+        client.set_tag(parent_id, _metric_key(f"servegym.holdout.{check.scenario}"), check.policy)
+    with BatchLogger(parent_id, client) as batch:
+        batch.log(metrics, step=0)
+
+
 def aggregate(
-    client: MlflowClient, parent_id: str, config: Mapping[str, Any], out_dir: Path
+    client: MlflowClient, parent_id: str, config: Mapping[str, Any], out_dir: Path, base_dir: str | Path = "."
 ) -> tuple[list[ScenarioSummary], list[str], list[Path]]:
     """Read the parent's nested runs, summarise each scenario, write tables, figures and the report.
 
-    Returns the summaries, the failed jobs (as text) and the files written into ``out_dir``.
+    With ``holdout_seeds`` in ``config``, each scenario's best job is re-run on them first
+    (``base_dir`` resolves relative trace paths) and the check leads the tables and the
+    report and is logged as ``holdout/*`` metrics. Returns the summaries, the failed jobs
+    (as text) and the files written into ``out_dir``.
     """
     from servegym.experiments import plots
-    from servegym.experiments.report import write_report
+    from servegym.experiments.report import holdout_section, write_report
 
     experiment_id = client.get_run(parent_id).info.experiment_id
     failures: list[str] = []
@@ -737,10 +851,12 @@ def aggregate(
                 continue
             local = Path(client.download_artifacts(run.info.run_id, RESULTS, str(Path(tmp) / run.info.run_id)))
             data = _from_json(json.loads(local.read_text()))
+            data["run_id"] = run.info.run_id
             by_label = results.setdefault(data["scenario"], {})
             if data["label"] in by_label:  # two runs of one name, or two trials rounded to one label
                 data["label"] = f"{data['label']} #{tags.get('servegym.job_num', run.info.run_id[:8])}"
             by_label[data["label"]] = data
+        checks = _holdout_checks(client, config, results, Path(base_dir), Path(tmp))
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     summaries: list[ScenarioSummary] = []
@@ -770,8 +886,20 @@ def aggregate(
                     f"{scenario},{p},{k},{e.mean!r},{e.half_width!r},{e.n},"
                     f"{d.mean if d else math.nan!r},{d.half_width if d else math.nan!r},{gap!r},{p in summary.pareto}"
                 )
-    warnings = [w for w in [few_seeds_warning(len(seeds_of(config.get("seeds"))))] if w]
-    table = "\n\n".join([*warnings, *texts])
+    warnings = [few_seeds_warning(len(seeds_of(config.get("seeds"))))]
+    if checks:
+        warnings.append(few_seeds_warning(len(checks[0].holdout.seeds), "held-out check"))
+    warnings_text = [w for w in warnings if w]
+    holdout_texts = [format_holdout(c, HOLDOUT_KPIS, LABELS) for c in checks]
+    table = "\n\n".join([*warnings_text, *holdout_texts, *texts])
+    if checks:
+        holdout_rows = ["scenario,policy,seeds,kpi,mean,ci95,n"]
+        for c in checks:
+            for kind, result in (("tuning", c.tuning), ("holdout", c.holdout)):
+                for k in HOLDOUT_KPIS:
+                    e = result.estimate(k)
+                    holdout_rows.append(f"{c.scenario},{c.policy},{kind},{k},{e.mean!r},{e.half_width!r},{e.n}")
+        written.append(_write(out_dir / "holdout.csv", "\n".join(holdout_rows) + "\n"))
     if failures:
         table += "\n\nfailed jobs:\n" + "\n".join(f"  {f}" for f in failures)
     written.append(_write(out_dir / "leaderboard.txt", table + "\n"))
@@ -817,7 +945,8 @@ def aggregate(
             LABELS,
             higher,
             failures,
-            warnings,
+            warnings_text,
+            [holdout_section(c, HOLDOUT_KPIS, LABELS) for c in checks],
         )
     )
     json_summary = {
@@ -837,6 +966,7 @@ def aggregate(
     }
     with BatchLogger(parent_id, client) as batch:
         batch.log(metrics, step=0)
+    _log_holdout(client, parent_id, checks)
     client.log_artifacts(parent_id, str(out_dir), "comparison")
     return summaries, failures, written
 
@@ -904,7 +1034,9 @@ class ComparisonCallback(Callback):
             raise RuntimeError(f"no comparison run tagged {SWEEP_TAG}={sweep_dir}: was on_multirun_start skipped?")
         comparison = _comparison_config(config)
         try:
-            _, failures, _ = aggregate(client, parent.info.run_id, comparison, out / "comparison")
+            _, failures, _ = aggregate(
+                client, parent.info.run_id, comparison, out / "comparison", str(config.hydra.runtime.cwd)
+            )
         except Exception as exc:
             client.set_terminated(parent.info.run_id, "FAILED")
             traceback.print_exc()

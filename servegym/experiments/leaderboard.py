@@ -25,7 +25,9 @@ from servegym.experiments.stats import Estimate, format_estimate, paired_differe
 
 __all__ = [
     "HIGHER_IS_BETTER",
+    "HoldoutCheck",
     "ScenarioSummary",
+    "format_holdout",
     "format_summary",
     "gap_closed",
     "is_oracle",
@@ -191,3 +193,46 @@ def format_summary(summary: ScenarioSummary, labels: Mapping[str, str] | None = 
             rows.append([p, *(share_text(summary.gaps[p][k]) for k in summary.gap_kpis)])
         lines += align_columns(rows)
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class HoldoutCheck:
+    """The best job of a scenario, scored on the seeds it was picked on and on held-out seeds.
+
+    Picking the best of many trials by their score on the tuning seeds favours trials whose
+    seeds happened to be kind: the winner's own score is biased optimistically (the
+    winner's curse). Its score on seeds no trial saw is not.
+    """
+
+    scenario: str
+    policy: str
+    candidates: int
+    tuning: PolicyResult
+    holdout: PolicyResult
+
+
+def holdout_rows(check: HoldoutCheck, kpis: Sequence[str]) -> list[list[str]]:
+    """The check's table: one row for the tuning seeds, one for the held-out seeds."""
+    return [
+        [
+            f"tuning seeds {list(check.tuning.seeds)} (picked on)",
+            *(format_estimate(check.tuning.estimate(k), k) for k in kpis),
+        ],
+        [f"held-out seeds {list(check.holdout.seeds)}", *(format_estimate(check.holdout.estimate(k), k) for k in kpis)],
+    ]
+
+
+def holdout_heading(check: HoldoutCheck) -> str:
+    """What the check is, in one sentence."""
+    return (
+        f"held-out check on {check.scenario}: {check.policy} has the lowest mean objective of "
+        f"{check.candidates} job(s) on the tuning seeds, a score biased low by the pick (winner's curse); "
+        "its score on held-out seeds is the one to report"
+    )
+
+
+def format_holdout(check: HoldoutCheck, kpis: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
+    """The held-out check as plain text: the pick, and its KPIs on the tuning and the held-out seeds."""
+    labels = labels or {}
+    rows = [["seeds", *(labels.get(k, k) for k in kpis)], *holdout_rows(check, kpis)]
+    return "\n".join([holdout_heading(check) + ":", *align_columns(rows)])

@@ -12,10 +12,10 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from servegym.experiments.leaderboard import ScenarioSummary, share_text
+from servegym.experiments.leaderboard import HoldoutCheck, ScenarioSummary, holdout_heading, holdout_rows, share_text
 from servegym.experiments.stats import Estimate, format_estimate
 
-__all__ = ["write_report"]
+__all__ = ["holdout_section", "write_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -89,6 +89,18 @@ def _scenario_section(s: ScenarioSummary, labels: Mapping[str, str], higher: set
             out.append(f"<tr><td>{html.escape(p)}</td>{cells}</tr>")
         out.append("</table>")
     return out
+
+
+def holdout_section(check: HoldoutCheck, kpis: Sequence[str], labels: Mapping[str, str]) -> str:
+    """The held-out check of a tuning sweep as an HTML block for :func:`write_report`'s ``sections``."""
+    head = "".join(f"<th>{html.escape(labels.get(k, k))}</th>" for k in kpis)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in holdout_rows(check, kpis)
+    )
+    return (
+        f"<h2>held-out check: {html.escape(check.scenario)}</h2><p class='meta'>{html.escape(holdout_heading(check))}."
+        f"</p><table><tr><th>seeds</th>{head}</tr>{rows}</table>"
+    )
 
 
 def write_report(
