@@ -568,35 +568,43 @@ ITERATED_KEYS = {
     "seeds": "seeds",
     "holdout_seeds": "holdout_seeds",
     "gap_kpis": "gap_kpis",
-    "baseline": "baseline",
 }
 """Keys the comparison iterates itself (or sets per job): a Hydra sweep over one is a mistake."""
 
 
-def refuse_list_sweeps(task_overrides: Sequence[str]) -> None:
-    """Refuse a command-line sweep over a key the comparison iterates itself.
+def refuse_list_sweeps(task_overrides: Sequence[str], labelled: bool = False) -> None:
+    """Refuse a command-line sweep that would not give one comparison of distinct jobs.
 
     Hydra reads ``policies=hpa,jsq`` (no brackets) as a sweep — one job list per value —
     and each value is then ignored, since the jobs come from ``policies``: the default
-    policies ran twice and the command exited 0. A sweep over ``workload`` (or over
-    policy arguments, for a tuning sweeper) is meant and passes.
+    policies ran twice and the command exited 0. A sweep over ``env_id`` or ``baseline``
+    would mix comparisons in one table, and one over policy arguments
+    (``params.hpa.target_utilisation=0.5,0.6``) would give jobs of one name unless
+    ``label`` names each (``labelled``, as tune_heuristics does). A sweep over ``workload``
+    is meant and passes.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
 
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = override.key_or_group
-        if not override.is_sweep_override() or key not in ITERATED_KEYS:
+        line = str(override.input_line)
+        if not override.is_sweep_override():
+            continue
+        if key in ("baseline", "env_id"):
+            raise ConfigError(f"{line} is a Hydra sweep, but a comparison has one {key}: run one comparison per value")
+        if key.startswith("params.") and not labelled:
+            raise ConfigError(
+                f"{line} is a Hydra sweep, and its jobs would share one policy name: name each variant in "
+                "policy_defs (policy_defs.<name>={spec: ..., params: {...}}) and list the names in policies"
+            )
+        if key not in ITERATED_KEYS:
             continue
         target = ITERATED_KEYS[key]
-        value = str(override.input_line).partition("=")[2]
-        if key == "baseline":
-            raise ConfigError(
-                f"{override.input_line} is a Hydra sweep, but a comparison has one baseline: write baseline=<policy>"
-            )
+        value = line.partition("=")[2]
         example = f"{target}=[{value}]" if override.value_type == ValueType.SIMPLE_CHOICE_SWEEP else f"{target}=[a,b]"
         raise ConfigError(
-            f"{override.input_line} is a Hydra sweep (a comma list without brackets), not a list: the comparison "
+            f"{line} is a Hydra sweep (a comma list without brackets), not a list: the comparison "
             f"iterates {target} itself, so write {example}"
         )
 
@@ -995,7 +1003,7 @@ class ComparisonCallback(Callback):
         """Validate the comparison and create its parent run."""
         comparison = _comparison_config(config)
         try:
-            refuse_list_sweeps([str(o) for o in config.hydra.overrides.task])
+            refuse_list_sweeps([str(o) for o in config.hydra.overrides.task], config.get("label") is not None)
             _validate(comparison)
             warnings = _validate_policies(config, comparison, self._client(config))
         except ConfigError as exc:

@@ -204,11 +204,15 @@ def test_bad_comparisons_fail_before_any_job(
 
 
 def test_only_sweeps_over_keys_the_comparison_iterates_are_refused() -> None:
-    refuse_list_sweeps(["workload=poisson,diurnal", "params.hpa.target_utilisation=interval(0.4,0.9)", "seeds=[1,2]"])
+    refuse_list_sweeps(["workload=poisson,diurnal", "seeds=[1,2]", "params.hpa.target_utilisation=0.6"])
+    # A tuning sweep names each trial with label: its policy arguments may be swept.
+    refuse_list_sweeps(["params.hpa.target_utilisation=interval(0.4,0.9)"], labelled=True)
     for override, message in (
         ("seeds=range(1,3)", "write seeds=[a,b]"),
         ("scenario=steady,bursty", "write scenarios=[steady,bursty]"),
-        ("baseline=hpa,jsq", "one baseline"),
+        ("baseline=hpa,jsq", "a comparison has one baseline"),
+        ("env_id=Autoscaling-v0,Routing-v0", "a comparison has one env_id"),
+        ("params.hpa.target_utilisation=0.5,0.6", "would share one policy name: name each variant in policy_defs"),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             refuse_list_sweeps([override])
