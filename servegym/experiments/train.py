@@ -574,14 +574,14 @@ def _kpi_metrics(
     return metrics
 
 
-def _teacher(v: Validated, env: gym.Env[Any, Any], client: MlflowClient, workdir: Path) -> Policy:
+def _teacher(v: Validated, env: gym.Env[Any, Any], workdir: Path) -> Policy:
     """The policy to distil: a trained run's (``agent.teacher_run``) or a heuristic (``agent.teacher_policy``)."""
     a = v.agent
     if a.get("teacher_run"):
         run_id = str(a["teacher_run"])
         require_store(mlflow.get_tracking_uri(), f"agent.teacher_run={run_id}")
         try:
-            local = client.download_artifacts(run_id, "policy", str(workdir / "teacher"))
+            local = MlflowClient().download_artifacts(run_id, "policy", str(workdir / "teacher"))
         except Exception as exc:
             raise ConfigError(f"agent.teacher_run = {run_id!r}: no policy artifact in that run ({exc})") from exc
         return load_policy(local)
@@ -612,13 +612,13 @@ def _teacher(v: Validated, env: gym.Env[Any, Any], client: MlflowClient, workdir
         raise ConfigError(f"agent.teacher_params: {exc}") from exc
 
 
-def _prepare_sklearn(v: Validated, client: MlflowClient, workdir: Path) -> tuple[Any, gym.Env[Any, Any]]:
+def _prepare_sklearn(v: Validated, workdir: Path) -> tuple[Any, gym.Env[Any, Any]]:
     """The scikit-learn learner (its constructor checks the argument values) and the env it fits on."""
     env = servegym.envs.make(v.env_id, scenario=v.scenario, **v.env_kwargs)
     extra: dict[str, Any] = {}
     try:
         if v.agent.get("name") == "distill":
-            extra["teacher"] = _teacher(v, env, client, workdir)
+            extra["teacher"] = _teacher(v, env, workdir)
         try:
             learner = hydra.utils.instantiate(v.agent["learner"], **extra)
         except Exception as exc:  # Hydra wraps the constructor's ValueError
@@ -752,19 +752,22 @@ def run_training(
     if resume:
         require_store(uri, f"resume={resume}")  # a lookup: never create an empty store
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
     with tempfile.TemporaryDirectory(prefix="servegym-train-") as tmp:
         workdir = Path(tmp)
         resume_from: Path | None = None
         if resume:
-            container, resume_from = _resume_config(client, str(resume), given, tracking, resume_overrides, workdir)
+            container, resume_from = _resume_config(
+                MlflowClient(), str(resume), given, tracking, resume_overrides, workdir
+            )
         v = validate(container)
         learner: Any = None
         env: gym.Env[Any, Any] | None = None
         if v.kind == "sklearn":
-            learner, env = _prepare_sklearn(v, client, workdir)
+            learner, env = _prepare_sklearn(v, workdir)
         elif resume_from is None:
             _check_sb3_model(v)
+        # only now: a client creates a SQLite store's file and tables as soon as it opens it
+        client = MlflowClient()
         agent_name = str(v.agent.get("name", v.agent.get("algo", "agent")))
         if resume:
             active = mlflow.start_run(run_id=str(resume))

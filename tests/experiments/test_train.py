@@ -431,6 +431,13 @@ def test_a_bad_value_fails_before_any_mlflow_run_is_created(overrides: list[str]
     assert _runs(uri) == []
 
 
+def test_a_bad_value_does_not_even_create_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    with pytest.raises(ConfigError, match="learning_rate"):
+        run_training(_compose("agent.hyperparams.learning_rate=abc", f"tracking.uri=sqlite:///{db}"))
+    assert not db.exists()
+
+
 def test_resume_never_creates_a_store(tmp_path: Path) -> None:
     missing = tmp_path / "elsewhere" / "mlflow.db"
     with pytest.raises(ValueError, match=rf"resume=0123abc: no MLflow tracking store at {missing}"):
