@@ -871,6 +871,7 @@ def aggregate(
     baseline = config.get("baseline")
     gap_kpis = list(config.get("gap_kpis") or [])
     texts: list[str] = []
+    report_labels = dict(LABELS)
     rows = ["scenario,policy,kpi,mean,ci95,n,diff_mean,diff_ci95,gap_closed,pareto"]
     for scenario, by_policy in results.items():
         levels = list(dict.fromkeys(t for d in by_policy.values() for t in d["level_names"]))
@@ -884,6 +885,7 @@ def aggregate(
         summary = summarise(scenario, policy_results, kpis, base, gap_kpis)
         summaries.append(summary)
         labels = LABELS | {f"hit_rate_{t}": f"hit {t}" for t in levels}
+        report_labels |= labels
         texts.append(format_summary(summary, labels))
         for p in summary.policies:
             for k in kpis:
@@ -950,7 +952,7 @@ def aggregate(
             summaries,
             figures,
             scenario_figures,
-            LABELS,
+            report_labels,
             higher,
             failures,
             warnings_text,

@@ -78,6 +78,7 @@ def test_comparison_runs_through_joblib_with_two_workers(
     assert table.startswith("warning: this comparison has only 2 seeds") and "seeds>=5" in table
     html = (out / "report.html").read_text()
     assert "<p class='warning'>warning: this comparison has only 2 seeds" in html
+    assert "<th>hit memory</th>" in html and "<th>hit_rate_memory</th>" not in html
     assert "only 2 seeds" in capsys.readouterr().err
     assert html.count("data:image/png;base64,") >= 6 and '<img src="' not in html
     # The table's means are the means of the nested runs' per-seed values.
