@@ -19,7 +19,8 @@ features and the environment's default grids for a policy directory (``grid_sour
 says which).
 
 The bundle is written to ``out`` (see :mod:`servegym.deploy.export`). A policy from an
-MLflow run is also logged into that run as a pyfunc model (``mlflow.log_model``),
+MLflow run is also logged into that run as a pyfunc model (``mlflow.log_model``), once:
+exporting the same bundle again reuses it (:func:`servegym.deploy.mlflow_model.log_bundle`);
 optionally registered with an alias; serve it with
 ``mlflow models serve -m models:/<name>@<alias> --env-manager local``.
 """

@@ -61,6 +61,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import KVWriter, Logger
@@ -743,7 +744,11 @@ def run_training(
     ``train_freq`` collections), so it can exceed ``total_timesteps``; a warning says by
     how much before training starts.
     """
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except InterpolationKeyError as exc:  # an agent file of one's own without default_timesteps
+        missing = str(exc.msg).splitlines()[0]
+        raise ConfigError(f"{exc.full_key}: {missing}; give it a value (e.g. total_timesteps=20000)") from None
     container: dict[str, Any] = {str(k): value for k, value in raw.items()}  # type: ignore[union-attr]
     given = dict(container)
     tracking = dict(container.get("tracking") or {})
