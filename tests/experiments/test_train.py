@@ -575,7 +575,7 @@ def test_tune_ppo_sweep_evaluates_the_best_trial_on_held_out_seeds(tmp_path: Pat
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
         sys.executable, "-m", "servegym.cli", "train", "-m", "+experiment=tune_ppo", "hydra.sweeper.n_trials=2",
-        "total_timesteps=128", "episode_duration_s=300", "agent.n_envs=1", "agent.hyperparams.batch_size=64",
+        "total_timesteps=128", "episode_duration_s=120", "agent.n_envs=1", "agent.hyperparams.batch_size=64",
         "eval_seeds=[7]", "holdout_seeds=[8,9]", "progress_bar=false", f"tracking.uri={uri}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]  # fmt: skip
