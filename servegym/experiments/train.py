@@ -663,6 +663,8 @@ def _checkpoint_steps(checkpoint: Path) -> int:
     return int((yaml.safe_load(state.read_text()) or {}).get("num_timesteps", 0))
 
 
+_CONFIG_ARTIFACT = "config/config.yaml"
+
 _RESUMABLE_OVERRIDES = ("total_timesteps", "resume", "tracking.", "hydra.", "progress_bar")
 
 
@@ -689,7 +691,7 @@ def _resume_config(
             f"resume={resume} continues the run with its logged config; only total_timesteps, "
             f"progress_bar and tracking.* may change, not: {' '.join(refused)}"
         )
-    logged = Path(client.download_artifacts(run.info.run_id, "config/config.yaml", str(workdir)))
+    logged = Path(client.download_artifacts(run.info.run_id, _CONFIG_ARTIFACT, str(workdir)))
     container = {**yaml.safe_load(logged.read_text()), "resume": resume, "tracking": dict(tracking)}
     for name in ("total_timesteps", "progress_bar"):
         if any(o.lstrip("+").startswith(f"{name}=") for o in resume_overrides) or (
@@ -803,6 +805,13 @@ def run_training(
                             **dict(tags or {}),
                         }
                     )
+                else:
+                    logged_path = client.download_artifacts(run_id, _CONFIG_ARTIFACT, str(workdir / "logged"))
+                    logged_config = yaml.safe_load(Path(logged_path).read_text())
+                    if logged_config.get("total_timesteps") != v.total_timesteps:
+                        # a later resume without total_timesteps then continues towards this budget
+                        logged_config["total_timesteps"] = v.total_timesteps
+                        mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), _CONFIG_ARTIFACT)
                 with BatchLogger(run_id, client, int(tracking.get("flush_every", 500))) as batch:
                     trainer = _Trainer(v, container, run_id, batch, workdir)
                     try:

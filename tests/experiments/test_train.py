@@ -526,7 +526,7 @@ def test_cli_sigterm_on_a_scikit_learn_learner_exits_130_with_a_killed_run(tmp_p
 
 
 # -- train longer: extending a finished run ----------------------------------------------------
-def test_a_finished_run_trains_longer_into_the_same_run(store: str) -> None:
+def test_a_finished_run_trains_longer_into_the_same_run(store: str, tmp_path: Path) -> None:
     first = run_training(_compose("agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}"))
     assert first.timesteps == 64
     longer_cfg = {"resume": first.run_id, "tracking": {"uri": store}, "total_timesteps": 128}
@@ -539,6 +539,8 @@ def test_a_finished_run_trains_longer_into_the_same_run(store: str) -> None:
     assert trained == [(64.0, 64), (128.0, 128)]
     assert max(m.step for m in client.get_metric_history(first.run_id, "time/total_timesteps")) == 128
     assert [m.step for m in client.get_metric_history(first.run_id, "eval/cost_usd")] == [64, 128]
+    config = Path(client.download_artifacts(first.run_id, "config/config.yaml", str(tmp_path)))
+    assert yaml.safe_load(config.read_text())["total_timesteps"] == 128  # the budget it now trains towards
     # nothing more to do: refused, saying how to train longer
     with pytest.raises(ConfigError, match=r"already finished, 128 timesteps trained .* total_timesteps=256"):
         run_training(longer_cfg)
