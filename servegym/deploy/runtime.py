@@ -428,8 +428,8 @@ class _MLP:
             np.subtract(x, self.mean, out=z)
             np.divide(z, self.std, out=z)
             np.minimum(z, self.clip_high, out=z)
-            np.maximum(z, self.clip_low, out=z)
-            self.x32[:] = z
+            # The last clip writes float32 directly: the same rounding as a copy, one call fewer.
+            np.maximum(z, self.clip_low, out=self.x32)
         else:
             self.x32[:] = x
         h = self.x32
