@@ -42,7 +42,7 @@ CASES: list[tuple[str, Callable[[], Any], Callable[[np.ndarray], np.ndarray], st
     ("linear_regression", LinearRegression, _replicas_needed, "linear"),
     ("ridge", lambda: Ridge(alpha=0.5), _replicas_needed, "linear"),
     ("logistic_binary", lambda: LogisticRegression(max_iter=100), _busy, "linear"),
-    ("logistic_multiclass", lambda: LogisticRegression(max_iter=100), _scale_direction, "linear"),
+    ("logistic_multiclass", lambda: LogisticRegression(max_iter=1000), _scale_direction, "linear"),
     ("tree_regressor", lambda: DecisionTreeRegressor(max_depth=8, random_state=0), _replicas_needed, "tree_ensemble"),
     ("tree_classifier", lambda: DecisionTreeClassifier(max_depth=6, random_state=0), _scale_direction, "tree_ensemble"),
     (
