@@ -9,6 +9,8 @@ Prints, from one process (medians over repeats):
   also prints the split of a timestep between SB3 and the simulator: one Autoscaling-v0
   step is one 15 s control interval, about 300 simulated requests in the default
   scenario, so the ratio is bounded by the simulator's requests/s, not by env overhead.
+  Autoscaling-v0 is measured once more with the envs in SubprocVecEnv workers (the
+  agent config's ``subprocess: true``): what spreading the simulation over the cores buys.
 - the wall time of the same Autoscaling-v0 training without tracking (bare ``learn``) and
   through ``run_training`` with MLflow tracking (params, config artifact, batched metrics,
   checkpoints, policy artifact; final evaluation off), and the overhead in percent.
@@ -20,6 +22,7 @@ Usage: ``python benchmarks/bench_train.py [--timesteps N] [--repeats R]``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -48,11 +51,17 @@ def _agent_config() -> dict[str, Any]:
     return {str(k): v for k, v in agent.items()}
 
 
-def ppo_steps_per_s(env_id: str, timesteps: int, agent: dict[str, Any], seed: int = 0) -> float:
-    """Timesteps/s of bare PPO ``learn`` on ``env_id`` with the agent config's set-up."""
+def ppo_steps_per_s(
+    env_id: str, timesteps: int, agent: dict[str, Any], seed: int = 0, subprocess: bool = False
+) -> float:
+    """Timesteps/s of bare PPO ``learn`` on ``env_id`` with the agent config's set-up.
+
+    ``subprocess`` steps the servegym envs in SubprocVecEnv worker processes (the agent
+    config's ``subprocess: true``) instead of in this process.
+    """
     n_envs = int(agent["n_envs"])
     if env_id.startswith("servegym/"):
-        venv = make_vec_env(env_id, {}, n_envs, seed, "ppo")
+        venv = make_vec_env(env_id, {}, n_envs, seed, "ppo", subprocess=subprocess)
     else:
         venv = DummyVecEnv([lambda: gym.make(env_id) for _ in range(n_envs)])
         venv.seed(seed)
@@ -60,7 +69,9 @@ def ppo_steps_per_s(env_id: str, timesteps: int, agent: dict[str, Any], seed: in
     model = build_model("ppo", VecNormalize(venv, gamma=gamma), agent["hyperparams"], seed)
     start = time.perf_counter()
     model.learn(timesteps)
-    return timesteps / (time.perf_counter() - start)
+    rate = timesteps / (time.perf_counter() - start)
+    venv.close()
+    return rate
 
 
 def _requests_per_step() -> float:
@@ -104,11 +115,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "mlflow.db"
         tracked_wall_s(1024, store)  # create the store's tables outside the measurement (one whole rollout)
-        cartpole, autoscaling, bare_wall, tracked_wall = [], [], [], []
+        cartpole, autoscaling, subproc, bare_wall, tracked_wall = [], [], [], [], []
         for _ in range(args.repeats):
             cartpole.append(ppo_steps_per_s("CartPole-v1", n, agent))
             rate = ppo_steps_per_s("servegym/Autoscaling-v0", n, agent)
             autoscaling.append(rate)
+            subproc.append(ppo_steps_per_s("servegym/Autoscaling-v0", n, agent, subprocess=True))
             bare_wall.append(n / rate)
             tracked_wall.append(tracked_wall_s(n, store))
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
@@ -117,6 +129,10 @@ def main() -> None:
     print(f"PPO, {n} timesteps, {agent['n_envs']} envs, VecNormalize; medians of {args.repeats}")
     print(f"  CartPole-v1              {cp:9.0f} timesteps/s")
     print(f"  servegym/Autoscaling-v0  {au:9.0f} timesteps/s")
+    print(
+        f"  servegym/Autoscaling-v0  {statistics.median(subproc):9.0f} timesteps/s with subprocess: true "
+        f"({agent['n_envs']} worker processes on {os.cpu_count()} cores)"
+    )
     print(f"  ratio Autoscaling/CartPole {au / cp:.3f}  (target >= 0.5)")
     sb3_ms, sim_ms = 1e3 / cp, 1e3 / au - 1e3 / cp
     per_step = _requests_per_step()

@@ -444,26 +444,13 @@ class _Trainer:
         return {"scenario": self.v.scenario, **self.v.env_kwargs}
 
     # -- SB3 ----------------------------------------------------------------------------------
-    def _venv(self) -> VecEnv:
-        a = self.v.agent
-        venv = make_vec_env(
-            self.v.env_id, self.env_kwargs, int(a["n_envs"]), self.v.seed, a["algo"], bool(a.get("subprocess"))
-        )
-        return venv
-
-    def _normalised(self, venv: VecEnv) -> VecEnv:
-        a = self.v.agent
-        if not a.get("normalize"):
-            return venv
-        gamma = float((a.get("hyperparams") or {}).get("gamma", 0.99))
-        return VecNormalize(venv, norm_obs=True, norm_reward=bool(a.get("norm_reward")), gamma=gamma)
-
     def build(self, resume_from: Path | None) -> BaseAlgorithm:
+        """The model to train: the one built before the run started, or the checkpoint's."""
         a = self.v.agent
-        venv = self._venv()
         if resume_from is None:
-            model = build_model(a["algo"], self._normalised(venv), a.get("hyperparams") or {}, self.v.seed, a["policy"])
+            model = self.model if self.model is not None else _new_sb3_model(self.v)
         else:
+            venv = _sb3_venv(self.v)
             if (resume_from / "vecnormalize.pkl").exists():
                 venv = VecNormalize.load(str(resume_from / "vecnormalize.pkl"), venv)
             model = ALGORITHMS[a["algo"]].load(resume_from / "model.zip", env=venv, device="cpu")
@@ -636,16 +623,35 @@ def _root_cause(exc: BaseException) -> str:
     return str(exc)
 
 
-def _check_sb3_model(v: Validated) -> None:
-    """Construct the SB3 model once on the real envs: SB3's own checks of the values run before the run starts."""
+def _sb3_venv(v: Validated) -> VecEnv:
+    """The training envs of an SB3 run: ``n_envs`` copies, in worker processes with ``subprocess``."""
     a = v.agent
-    venv = make_vec_env(v.env_id, {"scenario": v.scenario, **v.env_kwargs}, int(a["n_envs"]), v.seed, a["algo"])
+    env_kwargs = {"scenario": v.scenario, **v.env_kwargs}
+    return make_vec_env(v.env_id, env_kwargs, int(a["n_envs"]), v.seed, a["algo"], bool(a.get("subprocess")))
+
+
+def _normalised(v: Validated, venv: VecEnv) -> VecEnv:
+    """``venv`` behind VecNormalize when the agent config asks for it."""
+    a = v.agent
+    if not a.get("normalize"):
+        return venv
+    gamma = float((a.get("hyperparams") or {}).get("gamma", 0.99))
+    return VecNormalize(venv, norm_obs=True, norm_reward=bool(a.get("norm_reward")), gamma=gamma)
+
+
+def _new_sb3_model(v: Validated) -> BaseAlgorithm:
+    """The untrained SB3 model on its training envs.
+
+    Built before the MLflow run starts, so SB3's own checks of the hyperparameters fail
+    with no run left behind; the training then uses this very model (no second build).
+    """
+    a = v.agent
+    venv = _sb3_venv(v)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SB3's advice (batch size, CPU) is given again when the model is built
-            build_model(a["algo"], venv, a.get("hyperparams") or {}, v.seed, a["policy"])
-    finally:
+        return build_model(a["algo"], _normalised(v, venv), a.get("hyperparams") or {}, v.seed, a["policy"])
+    except BaseException:
         venv.close()
+        raise
 
 
 def _download_checkpoint(client: MlflowClient, run_id: str, into: Path) -> Path:
@@ -771,8 +777,9 @@ def run_training(
         env: gym.Env[Any, Any] | None = None
         if v.kind == "sklearn":
             learner, env = _prepare_sklearn(v, workdir)
-        elif resume_from is None:
-            _check_sb3_model(v)
+        prebuilt: BaseAlgorithm | None = None
+        if v.kind == "sb3" and resume_from is None:
+            prebuilt = _new_sb3_model(v)
         # only now: a client creates a SQLite store's file and tables as soon as it opens it
         client = MlflowClient()
         agent_name = str(v.agent.get("name", v.agent.get("algo", "agent")))
@@ -785,6 +792,7 @@ def run_training(
                 experiment_id=experiment.experiment_id,
                 run_name=run_name(v.env_id, agent_name, scenario_label, v.seed),
             )
+        trainer: _Trainer | None = None
         restore = _interrupt_on_sigterm()
         try:
             with active as run:
@@ -814,6 +822,7 @@ def run_training(
                         mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), _CONFIG_ARTIFACT)
                 with BatchLogger(run_id, client, int(tracking.get("flush_every", 500))) as batch:
                     trainer = _Trainer(v, container, run_id, batch, workdir)
+                    trainer.model = prebuilt
                     try:
                         policy, steps, kpis = _train_and_save(trainer, resume_from, callbacks, learner, env)
                     except TrainingInterruptedError:
@@ -824,6 +833,9 @@ def run_training(
             restore()
             if env is not None:
                 env.close()
+            trained = trainer.model if trainer is not None else prebuilt
+            if trained is not None and trained.get_env() is not None:
+                trained.get_env().close()  # type: ignore[union-attr]
     return TrainResult(run_id=run_id, policy=policy, timesteps=steps, kpis=kpis, eval_seeds=trainer.eval_seeds)
 
 
