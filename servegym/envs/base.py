@@ -85,8 +85,6 @@ class _PausingController:
     semantic_threshold: Callable[[Platform, IntervalMetrics], Any]
 
     def __init__(self, deferred: frozenset[str], env: PlatformEnv, builtin: BuiltinController) -> None:
-        self.deferred = deferred
-        self.builtin = builtin
         self.route = _defer_request if "route" in deferred else env._route
         self.admit = _defer_request if "admit" in deferred else builtin.admit
         self.scale = _defer_interval if "scale" in deferred else builtin.scale
@@ -211,11 +209,7 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         done = decision is None
         reward = self._reward()
         # The scenario's horizon is a time limit, not a terminal state: truncation.
-        if decision is None or decision.metrics is not None:
-            info = self._info(done)
-        else:  # a per-request decision (tens of thousands per episode): _info() inlined
-            info = {"time_s": float(platform.env._now), "cost_usd": self._totals[0]}
-        return self._observe(decision), reward, False, done, info
+        return self._observe(decision), reward, False, done, self._info(done)
 
     def _checked_action(self, action: Any) -> Any:
         """``action`` as plain Python ints (an int, or a list for MultiDiscrete), or a ValueError.

@@ -214,7 +214,6 @@ class Platform:
         )
         self.level_names = [t.name for t in self.tiers] + (["semantic"] if self.semantic is not None else [])
         self.n_levels = len(self.level_names)
-        self._usd_per_replica_hour = scenario.pool.usd_per_replica_hour
         self._billed_levels: list[ExactTier | SemanticTier] = [t for t in self.tiers if t.billed]
         if self.semantic is not None and self.semantic.billed:
             self._billed_levels.append(self.semantic)
@@ -653,19 +652,11 @@ class Platform:
 
     def replica_usd(self) -> float:
         """Replica time billed so far."""
-        return self.pool.replica_seconds() * self._usd_per_replica_hour / 3600.0
+        return self.pool.replica_seconds() * self.pool.cfg.usd_per_replica_hour / 3600.0
 
     def cost_usd(self) -> float:
-        """Everything billed so far: replicas, tokens and cache storage.
-
-        Environments call this at every step: it is ``replica_usd() + token_usd +
-        storage_usd()`` with the calls inlined (same operations, same rounding).
-        """
-        now = self.env._now
-        storage = 0.0
-        for tier in self._billed_levels:
-            storage += tier.storage_usd(now)
-        return self.pool.replica_seconds() * self._usd_per_replica_hour / 3600.0 + self.token_usd + storage
+        """Everything billed so far: replicas, tokens and cache storage."""
+        return self.replica_usd() + self.token_usd + self.storage_usd()
 
     def kpis(self) -> dict[str, dict[str, float]]:
         """KPIs of the run so far, overall (``"all"``) and per tenant."""
