@@ -87,7 +87,14 @@ from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate, few_seeds_warning
 from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, tracking_uri
 from servegym.policies.base import Policy
-from servegym.sim.config import SCENARIO_DIR, ConfigError, ScenarioConfig, apply_overrides, scenario_from_dict
+from servegym.sim.config import (
+    SCENARIO_DIR,
+    ConfigError,
+    ScenarioConfig,
+    _scenario_path,
+    apply_overrides,
+    scenario_from_dict,
+)
 from servegym.sim.platform import Platform
 from servegym.sim.telemetry import COMPLETED, intervals_to_columns
 
@@ -618,9 +625,7 @@ def _validate(config: Mapping[str, Any]) -> None:
     if not scenarios:
         raise ConfigError("scenarios is empty: list shipped scenarios, e.g. scenarios=[steady,bursty]")
     for name in scenarios:
-        if not (SCENARIO_DIR / f"{name}.yaml").exists():
-            available = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
-            raise ConfigError(f"scenarios: no shipped scenario named {name!r}; available: {available}")
+        _check_scenario(str(name))
     if len(set(map(str, policies))) != len(policies):
         raise ConfigError(f"policies = {policies} lists a policy twice")
     named = sorted(set(DECISIONS) - {"builtin"})
@@ -649,6 +654,30 @@ def _validate(config: Mapping[str, Any]) -> None:
     baseline = config.get("baseline")
     if baseline is not None and config.get("label") is None and baseline not in map(str, policies):
         raise ConfigError(f"baseline = {baseline!r} is not among policies {policies}")
+
+
+def _check_scenario(name: str) -> None:
+    """Fail unless ``name`` is a scenario the jobs can compose: a shipped one.
+
+    ``name`` resolves as the simulator's :func:`~servegym.sim.config.load_scenario` resolves
+    it (``_scenario_path``), so an unknown name or a missing file fails with the simulator's
+    message. A file the simulator would load is still refused: each job composes its
+    scenario from the ``scenario`` config group, whose options are names, and Hydra cannot
+    select a file there (every job would fail, after the parent run was created).
+    """
+    try:
+        path = _scenario_path(name)
+    except ConfigError as exc:
+        raise ConfigError(f"scenarios: {exc}") from None
+    if path == SCENARIO_DIR / f"{name}.yaml":
+        return
+    if path.resolve().parent == SCENARIO_DIR:
+        raise ConfigError(f"scenarios: {name} is the shipped scenario {path.stem!r}: write scenarios=[{path.stem}]")
+    raise ConfigError(
+        f"scenarios: {name} is a scenario file, and compare runs only shipped scenarios (its jobs select them "
+        "from the scenario config group, which holds no files): compare a shipped scenario with overrides "
+        f"(scenario.pool.max_replicas=30), or evaluate the file with servegym evaluate --scenario {name}"
+    )
 
 
 def _definitions_per_scenario(config: DictConfig, comparison: Mapping[str, Any]) -> dict[str, list[PolicyDef]]:

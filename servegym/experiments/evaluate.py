@@ -12,6 +12,7 @@ policies are compared on identical request streams and their paired differences 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,13 +204,22 @@ def evaluate(
     seeds: Sequence[int],
     params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[PolicyResult]:
-    """Evaluate each policy on every seed; the same seeds for all (common random numbers)."""
+    """Evaluate each policy on every seed; the same seeds for all (common random numbers).
+
+    With fewer than 3 seeds, a warning (:func:`~servegym.experiments.stats.few_seeds_warning`)
+    goes to stderr as well as into :func:`format_comparison`'s table, so it is seen when
+    stdout goes to a file.
+    """
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
-    return [
+    results = [
         PolicyResult(spec, tuple(seeds), tuple(run_policy(spec, env_id, scenario, s, params)["all"] for s in seeds))
         for spec in policies
     ]
+    warning = few_seeds_warning(len(seeds), "evaluation")
+    if warning and results:
+        print(f"servegym evaluate: {warning}", file=sys.stderr)
+    return results
 
 
 def format_comparison(results: Sequence[PolicyResult], baseline: str | None = None) -> str:

@@ -29,7 +29,8 @@ checkpoint mid-fit (rerun it); a policy interrupted during its final evaluation 
 as ``policy/`` all the same. ``resume=<run id>`` reloads the run's own config and that
 checkpoint (model, VecNormalize statistics, replay buffer) and continues the same run
 from the same step count; ``resume=<id> total_timesteps=N`` also extends a *finished*
-SB3 run to a larger budget, in the same MLflow run.
+SB3 run to a larger budget, in the same MLflow run (the metric ``budget/total_timesteps``
+then gives the new budget; the param keeps the first).
 
 Nothing is created in the tracking store until the config has passed every check (the
 learner is built, the SB3 model constructed, a teacher run fetched), so a bad value fails
@@ -750,7 +751,11 @@ def run_training(
 
     The run records ``budget/trained_timesteps``: SB3 stops only between rollouts (or
     ``train_freq`` collections), so it can exceed ``total_timesteps``; a warning says by
-    how much before training starts.
+    how much before training starts. It records the budget as ``budget/total_timesteps``
+    too, at step 0 and again, at the steps already trained, whenever a resume changes it:
+    the param ``total_timesteps`` keeps the first budget (MLflow params cannot change),
+    the metric's latest value (``metrics.budget/total_timesteps`` in ``search_runs``) is
+    the budget the run trains towards.
     """
     try:
         raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -800,6 +805,7 @@ def run_training(
                 if not resume:
                     logged_config = {k: v_ for k, v_ in container.items() if k != "resume"}
                     mlflow.log_params(flatten(logged_config))
+                    mlflow.log_metric("budget/total_timesteps", v.total_timesteps, step=0)
                     mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), "config/config.yaml")
                     mlflow.set_tags(
                         {
@@ -820,6 +826,9 @@ def run_training(
                         # a later resume without total_timesteps then continues towards this budget
                         logged_config["total_timesteps"] = v.total_timesteps
                         mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), _CONFIG_ARTIFACT)
+                        # params cannot change: the metric's latest value is the budget now trained towards
+                        steps_before = _checkpoint_steps(resume_from) if resume_from is not None else 0
+                        mlflow.log_metric("budget/total_timesteps", v.total_timesteps, step=steps_before)
                 with BatchLogger(run_id, client, int(tracking.get("flush_every", 500))) as batch:
                     trainer = _Trainer(v, container, run_id, batch, workdir)
                     trainer.model = prebuilt

@@ -204,6 +204,32 @@ def test_bad_comparisons_fail_before_any_job(
     assert not (tmp_path / "sweep").exists()
 
 
+def test_scenarios_resolve_as_the_simulator_resolves_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"
+    own = tmp_path / "own.yaml"
+    own.write_text("base: steady\npool: {max_replicas: 30}\n")
+    load_scenario(own)  # the simulator loads it
+    missing = tmp_path / "missing.yaml"
+    shipped = Path(__file__).parents[2] / "servegym" / "conf" / "scenario" / "bursty.yaml"
+    for scenario, message in (
+        # the simulator's own message, naming the file
+        (missing, f"scenarios: scenario file {missing} does not exist"),
+        # a file the simulator loads, which the jobs (the scenario config group) cannot select
+        (own, f"scenarios: {own} is a scenario file, and compare runs only shipped scenarios"),
+        (own, f"evaluate the file with servegym evaluate --scenario {own}"),
+        (shipped, "is the shipped scenario 'bursty': write scenarios=[bursty]"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", f"scenarios=['{scenario}']", uri, "hydra.sweep.dir=sweep"])
+        assert exit_info.value.code == 2
+        ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("servegym compare")]
+        assert len(ours) == 1 and message in ours[0], ours
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_only_sweeps_over_keys_the_comparison_iterates_are_refused() -> None:
     refuse_list_sweeps(["workload=poisson,diurnal", "seeds=[1,2]", "params.hpa.target_utilisation=0.6"])
     # A tuning sweep names each trial with label: its policy arguments may be swept.

@@ -69,3 +69,14 @@ def test_cli_evaluate_errors_name_the_problem(
 ) -> None:
     assert main(["evaluate", "--seeds", "0", "--duration", "60", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_evaluate_warns_about_few_seeds_on_stderr_too(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["evaluate", "--env", "Routing-v0", "--policies", "jsq", "--duration", "60"]
+    assert main([*args, "--seeds", "0", "1"]) == 0
+    captured = capsys.readouterr()
+    # stdout may go to a file: the warning is on stderr as well as in the table
+    assert "servegym evaluate: warning: this evaluation has only 2 seeds" in captured.err
+    assert "warning: this evaluation has only 2 seeds" in captured.out
+    assert main([*args, "--seeds", "0", "1", "2"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -548,6 +548,24 @@ def test_a_finished_run_trains_longer_into_the_same_run(store: str, tmp_path: Pa
         run_training({"resume": first.run_id, "tracking": {"uri": store}})
 
 
+def test_search_runs_shows_the_extended_budget(store: str) -> None:
+    tracking = {"uri": store, "experiment": "servegym-extend"}
+    overrides = [*TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}", "tracking.experiment=servegym-extend"]
+    first = run_training(_compose("agent=ppo", *overrides))
+    run_training(
+        {"resume": first.run_id, "tracking": tracking, "total_timesteps": 128},
+        resume_overrides=[f"resume={first.run_id}", "total_timesteps=128"],
+    )
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["servegym-extend"], output_format="list")
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    # MLflow params cannot change: the param keeps the first budget, the metric gives the current one
+    assert runs[0].data.params["total_timesteps"] == "64"
+    assert runs[0].data.metrics["budget/total_timesteps"] == 128
+    history = MlflowClient(store).get_metric_history(first.run_id, "budget/total_timesteps")
+    assert [(m.value, m.step) for m in history] == [(64.0, 0), (128.0, 64)]
+
+
 # -- budgets and the summary -----------------------------------------------------------------
 AGENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "servegym" / "conf" / "agent").glob("*.yaml"))
 
