@@ -277,25 +277,30 @@ class KeyStats:
 
     ``observe(platform)`` consumes the arrivals since its last call (amortised O(1) per
     request); ``of(key, now)`` gives (arrivals of ``key`` so far, seconds since the latest).
+    Keys are dense (``0 .. platform.n_keys - 1``), so the counts live in lists indexed by
+    key: a caching env observes every arrival, and indexing a list costs far less than
+    hashing into a dict of hundreds of thousands of mostly cold keys.
     """
 
     def __init__(self) -> None:
-        self.count: dict[int, int] = {}
-        self.last_s: dict[int, float] = {}
+        self.count: list[int] = []  # sized at the first observe(), when the key space is known
+        self.last_s: list[float] = []
         self.seen = 0
 
     def observe(self, platform: Platform) -> None:
-        arrived, seen = platform.arrived, self.seen
+        arrived, seen = platform.requests.arrived, self.seen
         if arrived == seen:
             return
-        R = platform.requests
         count, last_s = self.count, self.last_s
-        get = count.get
+        if not count:
+            count.extend([0] * platform.n_keys)
+            last_s.extend([math.nan] * platform.n_keys)
+        R = platform.requests
         for key, arrival_s in zip(R.key[seen:arrived], R.arrival_s[seen:arrived], strict=True):
-            count[key] = get(key, 0) + 1
+            count[key] += 1
             last_s[key] = arrival_s
         self.seen = arrived
 
     def of(self, key: int, now: float) -> tuple[int, float]:
-        last = self.last_s.get(key)
-        return self.count.get(key, 0), (now - last) if last is not None else NEVER_SEEN_AGE_S
+        n = self.count[key] if self.count else 0
+        return n, (now - self.last_s[key]) if n else NEVER_SEEN_AGE_S

@@ -243,6 +243,8 @@ class Platform:
         sizes = [t.n_intents * t.n_variants for t in tenants]
         self._key_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._n_variants = np.array([t.n_variants for t in tenants], dtype=np.int64)
+        self.n_keys = int(sum(sizes))
+        """Size of the key space: a request's ``key`` (tenant, intent, phrasing) is in ``0 .. n_keys - 1``."""
 
         self.completed = 0
         self.dropped = 0
@@ -351,13 +353,16 @@ class Platform:
 
     def _on_arrival(self, i: int) -> None:
         """Request ``i`` arrives: look it up in the caches, fastest first; a miss heads for the pool."""
-        self._schedule_arrival(i + 1)
         R = self.requests
-        R.arrived += 1
         now = self.env._now
+        # _schedule_arrival(i + 1), inline: it runs once per request.
+        if i + 1 < R.n or self._load_batch():
+            delay = R.arrival_s[i + 1] - now
+            self._after(delay if delay > 0 else 0.0, self._on_arrival, i + 1)
+        R.arrived += 1
         key = R.key[i]
         for level, tier, stored, get, latency in self._lookups:
-            if tier.down or key not in stored:
+            if key not in stored or tier.down:
                 continue
             entry = get(key)
             if entry[3] <= now:

@@ -193,7 +193,8 @@ class Pool:
 
     def replica_seconds(self) -> float:
         """Billed replica-seconds up to now."""
-        return self.replica_seconds_closed + self._live * self.env.now - self._provisioned_sum
+        # The clock without the property call: environments bill replicas at every step.
+        return self.replica_seconds_closed + self._live * self.env._now - self._provisioned_sum
 
     def integrate(self) -> None:
         """Bring the utilisation integrals up to now."""
