@@ -9,6 +9,8 @@ Prints, from one process (medians over repeats):
   also prints the split of a timestep between SB3 and the simulator: one Autoscaling-v0
   step is one 15 s control interval, about 300 simulated requests in the default
   scenario, so the ratio is bounded by the simulator's requests/s, not by env overhead.
+  The "bound" line puts those requests through the plain SimPy M/M/c queue of
+  ``bench_sim.py`` instead: the ratio even a bare SimPy queue, with no platform, could reach.
   Autoscaling-v0 is measured once more with the envs in SubprocVecEnv workers (the
   agent config's ``subprocess: true``): what spreading the simulation over the cores buys.
 - the wall time of the same Autoscaling-v0 training without tracking (bare ``learn``) and
@@ -32,6 +34,7 @@ from typing import Any
 import gymnasium as gym
 import mlflow
 import torch
+from bench_sim import mmc_requests_per_s
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -139,6 +142,13 @@ def main() -> None:
     print(
         f"  per timestep: SB3 {sb3_ms:.2f} ms (CartPole), simulator {sim_ms:.2f} ms for ~{per_step:.0f} simulated "
         f"requests ({per_step * au:,.0f} simulated requests/s while training)"
+    )
+    # The bound the target meets: the same requests per step through the plain SimPy
+    # M/M/c queue of bench_sim (the reference of bench_envs), with no platform at all.
+    mmc_ms = 1e3 * per_step / statistics.median(mmc_requests_per_s(int(per_step) * 200, seed=k) for k in range(3))
+    print(
+        f"  bound: with the plain SimPy M/M/c queue as the whole simulator ({mmc_ms:.2f} ms for those requests), "
+        f"the ratio could reach at most {sb3_ms / (sb3_ms + mmc_ms):.3f}"
     )
     print(f"  wall without tracking {bare:7.2f} s, with MLflow tracking {tracked:7.2f} s, "
           f"overhead {100 * (tracked / bare - 1):+.1f}%  (target <= 10%)")
