@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -44,14 +45,22 @@ TELEMETRY_FILES = (
 def check_out_dir(out: Path, overwrite: bool = False) -> None:
     """Refuse an output directory that would mix this run's telemetry with other files.
 
-    Called before the run, so a bad ``--out`` costs no simulation. A directory holding
-    only telemetry files may be reused with ``overwrite``: the old files are removed, so a
-    CSV run after a Parquet run does not leave the Parquet tables behind.
+    Called before the run, so a bad ``--out`` costs no simulation: a missing directory is
+    created here (one that cannot be created fails now, not after the run), and an existing
+    one must be writable. A directory holding only telemetry files may be reused with
+    ``overwrite``: the old files are removed, so a CSV run after a Parquet run does not
+    leave the Parquet tables behind.
     """
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
     if not out.is_dir():
+        try:
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise ValueError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
         return
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} is not writable")
     present = sorted(p.name for p in out.iterdir())
     if not present:
         return

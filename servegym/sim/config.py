@@ -569,7 +569,7 @@ def _build(cls: type[T], data: Mapping[str, Any], path: str) -> T:
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(
-            f"unknown key {where}{unknown[0]} in {cls.__name__}; allowed keys: {', '.join(sorted(fields))}"
+            f"{where}{unknown[0]}: unknown key in {cls.__name__}; allowed keys: {', '.join(sorted(fields))}"
         )
     kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
     try:
@@ -579,9 +579,24 @@ def _build(cls: type[T], data: Mapping[str, Any], path: str) -> T:
 
 
 def scenario_from_dict(data: Mapping[str, Any]) -> ScenarioConfig:
-    """Build a validated :class:`ScenarioConfig` from a nested mapping (for example YAML)."""
+    """Build a validated :class:`ScenarioConfig` from a nested mapping (for example YAML).
+
+    As in a scenario file, ``base: <shipped name or YAML path>`` starts from that scenario
+    and the other keys override it (mappings merge key by key, lists are replaced whole):
+    ``{"base": "default", "pool": {"max_replicas": 30}}``. Without ``base``, missing keys
+    take the dataclasses' defaults.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a scenario must be a mapping of keys, got {type(data).__name__}")
+    if "base" in data:
+        base = data["base"]
+        if not isinstance(base, (str, Path)) or not str(base):
+            raise ConfigError(f"base = {base!r} is invalid: give a shipped scenario name or a YAML path")
+        top = {k: v for k, v in data.items() if k != "base"}
+        try:
+            data = _merged(_scenario_data(_scenario_path(base)), top)
+        except ConfigError as exc:
+            raise ConfigError(f"base: {exc}") from None
     return _build(ScenarioConfig, data, "")
 
 

@@ -125,13 +125,18 @@ def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_out_is_checked_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A file, a directory with other files, or old telemetry without --overwrite: exit 2 before simulating."""
+    """A file, a directory with other files, or one that cannot be created: exit 2 before simulating."""
     a_file = tmp_path / "file"
     a_file.write_text("x")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    for out, says in ((a_file, "is a file"), (mine, "not servegym telemetry (notes.txt)")):
+    cases = (
+        (a_file, "is a file"),
+        (mine, "not servegym telemetry (notes.txt)"),
+        (a_file / "sub", "cannot be created"),  # the parent is a file: mkdir fails, before the run
+    )
+    for out, says in cases:
         assert main(["simulate", "--duration", "60", "--out", str(out), *FAST]) == 2
         captured = capsys.readouterr()
         assert says in captured.err and "simulated s" not in captured.out  # nothing ran

@@ -359,3 +359,21 @@ def test_bad_bases_are_named(tmp_path: Path) -> None:
     a.write_text("base: default\npool: {max_replica: 3}\n")
     with pytest.raises(ConfigError, match=r"a\.yaml: .*pool\.max_replica"):
         load_scenario(a)
+
+
+def test_a_mapping_can_start_from_a_base_as_files_do() -> None:
+    """``scenario_from_dict`` (the Python API's mappings) takes ``base:`` with the same merge as a file."""
+    default = load_scenario("default")
+    scenario = scenario_from_dict({"base": "default", "pool": {"max_replicas": 30}})
+    assert scenario == dataclasses.replace(default, pool=dataclasses.replace(default.pool, max_replicas=30))
+    with pytest.raises(ConfigError, match=r"base: no shipped scenario named 'nosuch'"):
+        scenario_from_dict({"base": "nosuch"})
+    with pytest.raises(ConfigError, match=r"base = 3 is invalid"):
+        scenario_from_dict({"base": 3})
+
+
+def test_an_unknown_nested_key_is_named_by_its_path_first() -> None:
+    """The message starts with the dotted key, so callers can prefix where the mapping came from."""
+    expected = r"^pool\.max_replica: unknown key in PoolConfig; allowed keys: .*max_replicas"
+    with pytest.raises(ConfigError, match=expected):
+        scenario_from_dict({"pool": {"max_replica": 3}})
