@@ -11,8 +11,10 @@ How it runs:
 1. :class:`ComparisonCallback` ``on_multirun_start`` validates the comparison — known
    scenarios and ``env_id``, policies whose decisions ``env_id`` exposes, trained runs that
    exist in the tracking store, no Hydra sweep over a list the comparison iterates itself
-   (``policies=a,b`` for ``policies=[a,b]``) — and exits 2 with one line before any job
-   starts; then it creates the *parent* MLflow run (tagged with the sweep directory).
+   (``policies=a,b`` for ``policies=[a,b]``) — and the values the jobs would reject: it
+   builds each job's scenario and policies as the job does (a bad ``scenario.*`` or
+   ``params.*`` value, a missing trace), without simulating. It exits 2 with one line
+   before any job starts; then it creates the *parent* MLflow run (tagged with the sweep directory).
 2. The sweeper turns ``policies`` and ``scenarios`` into one job per pair (the ``scenario``
    config group is swept, so every scenario YAML is validated by the structured schema).
    Jobs run in parallel — the joblib launcher by default, submitit or Ray by choosing
@@ -51,6 +53,7 @@ through the code path of the jobs, and reports both scores (``holdout/*`` on the
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -68,12 +71,22 @@ import hydra
 import numpy as np
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from servegym.experiments.evaluate import DECISIONS, ENV_DECISIONS, KPI_COLUMNS, PolicyResult, objective_usd, simulate
+from servegym.experiments.evaluate import (
+    DECISIONS,
+    ENV_DECISIONS,
+    KPI_COLUMNS,
+    PolicyResult,
+    _controller,
+    objective_usd,
+    simulate,
+)
 from servegym.experiments.leaderboard import (
     HIGHER_IS_BETTER,
     HoldoutCheck,
@@ -97,6 +110,7 @@ from servegym.sim.config import (
 )
 from servegym.sim.platform import Platform
 from servegym.sim.telemetry import COMPLETED, intervals_to_columns
+from servegym.sim.workload import TraceError
 
 __all__ = [
     "ComparisonCallback",
@@ -767,6 +781,92 @@ def _validate_policies(config: DictConfig, comparison: Mapping[str, Any], client
     return list(dict.fromkeys(warnings))
 
 
+def _job_configs(config: DictConfig) -> list[tuple[str, DictConfig]]:
+    """Each compared scenario's job config, composed as the launcher composes a job's (``load_sweep_config``).
+
+    The command's overrides are the job's; a choice sweep among them (``workload=poisson,diurnal``)
+    gives one config per value. An interval sweep (Optuna's) is sampled per trial, so the
+    config's own value stands in for it here.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices: list[list[str]] = []
+    for override in OverridesParser.create().parse_overrides([str(o) for o in config.hydra.overrides.task]):
+        if not override.is_sweep_override():
+            choices.append([str(override.input_line)])
+        elif override.is_discrete_sweep():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+    loader = GlobalHydra.instance().config_loader()
+    job_policy = f"job_policy={sweep_values(list(config.policies)[:1])}"
+    configs = []
+    for name in map(str, config.scenarios):
+        for chosen in itertools.product(*choices):
+            try:
+                job = loader.load_sweep_config(config, [*chosen, job_policy, f"scenario={name}"])
+            except (HydraException, OmegaConfBaseException) as exc:
+                raise ConfigError(f"scenario {name}: {exc}") from exc
+            workload = job.hydra.runtime.choices.get("workload")
+            with open_dict(job):
+                del job["hydra"]
+            configs.append((f"{name}+{workload}" if workload else name, job))
+    return configs
+
+
+def _check_jobs(config: DictConfig, comparison: Mapping[str, Any]) -> None:
+    """Fail before any job on a value its job would reject, by building each job's inputs as the job does.
+
+    Each compared scenario is composed as its jobs compose it and read by the jobs' own
+    :func:`_job_inputs` (the scenario schema with the command's ``scenario.*`` overrides, a
+    trace path made absolute, a variant's scenario overrides); its platform is built, which
+    reads a trace; and each heuristic is constructed with its parameters as
+    :func:`~servegym.experiments.evaluate.simulate` constructs it (the constructors check
+    them). Nothing is simulated.
+    """
+    base_dir = str(config.hydra.runtime.cwd)
+    env_id = str(comparison.get("env_id"))
+    seed = seeds_of(comparison.get("seeds"))[0]
+    platforms: dict[ScenarioConfig, Platform] = {}
+    for scenario_name, job in _job_configs(config):
+        for label in map(str, comparison["policies"]):
+            job.job_policy = label
+            resolved = OmegaConf.to_container(job, resolve=True)
+            assert isinstance(resolved, dict)
+            c = {str(k): v for k, v in resolved.items()}
+            try:
+                definition, scenario = _job_inputs(c, base_dir)
+            except ConfigError as exc:
+                # _job_inputs prefixes the scenario's own errors with "scenario."; the rest are the variant's
+                where = "" if str(exc).startswith("scenario.") else f"policy_defs.{label}.scenario: "
+                raise ConfigError(f"scenario {scenario_name}: {where}{exc}") from exc
+            if scenario not in platforms:
+                try:
+                    platforms[scenario] = Platform(scenario, seed=seed)
+                except TraceError as exc:
+                    raise ConfigError(f"scenario {scenario_name}: scenario.workload.trace_path: {exc}") from exc
+            for part in definition.spec.split("+"):
+                if part.startswith(TRAINED_PREFIXES):
+                    continue
+                try:
+                    _controller(part, env_id, platforms[scenario], definition.params or {}, seed)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(_policy_error(definition, part, exc, c.get("policy_defs") or {})) from exc
+
+
+def _policy_error(definition: PolicyDef, part: str, exc: Exception, policy_defs: Mapping[str, Any]) -> str:
+    """A heuristic constructor's ``Owner: argument = value is invalid: ...`` as the key that set the argument."""
+    message = str(exc)
+    found = re.match(r"[^:]+: (\w+) = ", message)
+    if found is None or found.group(1) not in ((definition.params or {}).get(part) or {}):
+        return f"policy {definition.label!r}: params.{part}: {message}"
+    key = f"params.{part}.{found.group(1)}"
+    own = (policy_defs.get(definition.label) or {}).get("params") or {}
+    if found.group(1) in (own.get(part) or {}):
+        key = f"policy_defs.{definition.label}.{key}"
+    return f"policy {definition.label!r}: {key} = {message[found.end() :]}"
+
+
 def _comparison_config(config: DictConfig) -> dict[str, Any]:
     """The comparison's own settings (no Hydra node, no per-job keys), resolved."""
     keys = [k for k in config if k not in ("hydra", "job_policy", "label", "scenario")]
@@ -1037,6 +1137,7 @@ class ComparisonCallback(Callback):
             refuse_list_sweeps([str(o) for o in config.hydra.overrides.task], config.get("label") is not None)
             _validate(comparison)
             warnings = _validate_policies(config, comparison, self._client(config))
+            _check_jobs(config, comparison)
         except ConfigError as exc:
             # Hydra turns exceptions in callbacks into warnings and carries on; stop before any job starts.
             print(f"servegym compare: error: {exc}", file=sys.stderr)

@@ -5,7 +5,8 @@ The source (``run=``) is one of:
 * an MLflow run id, ``runs:/<run id>/<artifact path>`` (default path ``policy``) or
   ``models:/<name>@<alias>`` / ``models:/<name>/<version>`` (the registered model's run):
   the run's ``policy/`` artifact, with provenance from the run (id, config hash, git
-  commit, environment, agent, scenario, ``eval/*`` KPIs);
+  commit, environment, agent, scenario, ``eval/*`` KPIs) that names it
+  ``runs:/<run id>/<artifact path>`` whichever of these spellings was given;
 * a local policy directory (written by :func:`servegym.agents.io.save_policy`);
 * ``heuristic:<name>`` with ``params`` and ``scenario``: a tuned heuristic of
   :data:`servegym.policies.POLICIES`, built for that scenario (``scenario`` is the config
@@ -20,9 +21,9 @@ says which).
 
 The bundle is written to ``out`` (see :mod:`servegym.deploy.export`). A policy from an
 MLflow run is also logged into that run as a pyfunc model (``mlflow.log_model``), once:
-exporting the same bundle again reuses it (:func:`servegym.deploy.mlflow_model.log_bundle`);
-optionally registered with an alias; serve it with
-``mlflow models serve -m models:/<name>@<alias> --env-manager local``.
+exporting the same bundle again, under any spelling of its run, reuses it
+(:func:`servegym.deploy.mlflow_model.log_bundle`); optionally registered with an alias;
+serve it with ``mlflow models serve -m models:/<name>@<alias> --env-manager local``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ _ADMISSION = {"admit_all", "admit_none", "frequency"}
 
 @dataclass
 class ExportResult:
-    """Where the bundle went and where it came from."""
+    """Where the bundle went and where it came from (``extra``: the registered version a ``models:/`` source named)."""
 
     bundle: Path
     provenance: dict[str, Any]
@@ -136,7 +137,7 @@ def _heuristic(
 
 
 def _resolve_mlflow(source: str) -> tuple[str, str, dict[str, Any]]:
-    """(run id, artifact path, extra provenance) of an MLflow run or registered-model reference."""
+    """(run id, artifact path, the registered model and version a ``models:/`` reference named) of ``source``."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -186,8 +187,16 @@ def _run_grid(client: Any, run_id: str, env_id: str, workdir: Path) -> dict[str,
     return grid
 
 
-def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str, dict[str, Any] | None]:
-    """The policy of an MLflow run, its env id, provenance, the run id and the env's action grid."""
+def _from_run(
+    source: str, workdir: Path
+) -> tuple[Any, str, dict[str, Any], str, dict[str, Any] | None, dict[str, Any]]:
+    """The policy of an MLflow run: (policy, env id, provenance, run id, action grid, registered version).
+
+    The provenance names the policy as ``runs:/<run id>/<artifact path>`` whichever spelling
+    ``source`` is (a run id, ``runs:/<id>``, ``models:/<name>@<alias>``): the bundle, and so
+    its fingerprint, is the same, and exporting it under another spelling reuses the model
+    logged before. The registered version an alias or number pointed to is returned apart.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -223,8 +232,7 @@ def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str
         "mlflow_run_id": run_id,
         "mlflow_tracking_uri": mlflow.get_tracking_uri(),
         "mlflow_artifact": artifact_path,
-        "source": source,
-        **extra,
+        "source": f"runs:/{run_id}/{artifact_path}",
         **{key.removeprefix("servegym."): value for key, value in tags.items() if key.startswith("servegym.")},
         "eval_kpis": {
             key.removeprefix("eval/"): value
@@ -234,7 +242,7 @@ def _from_run(source: str, workdir: Path) -> tuple[Any, str, dict[str, Any], str
     }
     env_id = str(tags.get("servegym.env", ""))
     grid = _run_grid(client, run_id, env_id, workdir) if env_id else None
-    return policy, env_id, provenance, run_id, grid
+    return policy, env_id, provenance, run_id, grid, extra
 
 
 def export_source(
@@ -258,6 +266,7 @@ def export_source(
     """
     run_id: str | None = None
     grid: dict[str, Any] | None = None
+    extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="servegym-export-") as tmp:
         if source.startswith("heuristic:"):
             built = _scenario(scenario)
@@ -273,7 +282,7 @@ def export_source(
             env_id = str(getattr(policy, "env_id", "") or "")
             provenance = {"source": str(Path(source).resolve())}
         elif source.startswith(("runs:/", "models:/")) or _RUN_ID.match(source):
-            policy, env_id, provenance, run_id, grid = _from_run(source, Path(tmp))
+            policy, env_id, provenance, run_id, grid, extra = _from_run(source, Path(tmp))
         else:
             raise ExportError(
                 f"run={source}: not an MLflow run id (32 hex digits), runs:/<id>/<path>, models:/<name>@<alias>, "
@@ -282,7 +291,7 @@ def export_source(
         bundle = export_policy(
             policy, out, env_id=env_id or None, provenance=provenance, onnx=onnx, overwrite=overwrite, grid=grid
         )
-    result = ExportResult(bundle=bundle, provenance=provenance)
+    result = ExportResult(bundle=bundle, provenance=provenance, extra=extra)
     if log_model is None:
         log_model = run_id is not None
     if alias is not None and registered_model is None:
@@ -356,6 +365,11 @@ def app(cfg: DictConfig) -> None:
     except (ExportError, BundleError) as exc:
         _fail(str(exc))
     print(f"bundle written to {result.bundle}")
+    if "registered_model" in result.extra:
+        print(
+            f"exported {result.provenance['source']}, the run of registered model "
+            f"{result.extra['registered_model']} version {result.extra['registered_version']}"
+        )
     if result.model_uri is not None:
         registered = f" (registered version {result.registered_version})" if result.registered_version else ""
         if result.model_reused:

@@ -92,7 +92,7 @@ def test_export_from_run_registers_a_pyfunc_that_decides_the_same(
     # The registered model's run is the training run: exporting by alias gives the same bundle.
     again = tmp_path / "again"
     _export(monkeypatch, store, "run=models:/autoscaler@prod", f"out={again}", "mlflow.log_model=false")
-    assert runtime.load(again).spec["provenance"]["registered_model"] == "autoscaler"
+    assert runtime.load(again).spec["provenance"]["source"] == f"runs:/{run_id}/policy"
     np.testing.assert_array_equal(runtime.load(again).decide_batch(obs), expected)
 
 
@@ -214,9 +214,9 @@ def test_exporting_the_same_run_again_reuses_its_model_quietly(
     )
     assert len([m for m in logged if m.model_uri == uri]) == 1
     assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name = 'again'")] == ["1"]
-    # a different bundle (its provenance names another source) is a new model
+    # another spelling of the run's policy is the same bundle, so the same model
     _export(monkeypatch, store, f"run=runs:/{run_id}/policy", f"out={tmp_path / 'b'}", "onnx=false")
-    assert "pyfunc model logged as" in capsys.readouterr().out
+    assert f"pyfunc model unchanged: this bundle is already logged as {uri}" in capsys.readouterr().out
 
 
 def test_exporting_a_run_never_creates_a_store(
