@@ -98,7 +98,14 @@ from servegym.experiments.leaderboard import (
 )
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate, few_seeds_warning
-from servegym.experiments.tracking import BatchLogger, flatten, provenance_tags, tracking_uri
+from servegym.experiments.tracking import (
+    BatchLogger,
+    TrackingServerUnreachableError,
+    flatten,
+    provenance_tags,
+    require_server,
+    tracking_uri,
+)
 from servegym.policies.base import Policy
 from servegym.sim.config import (
     SCENARIO_DIR,
@@ -1136,10 +1143,15 @@ class ComparisonCallback(Callback):
         try:
             refuse_list_sweeps([str(o) for o in config.hydra.overrides.task], config.get("label") is not None)
             _validate(comparison)
+            configured = (config.get("tracking") or {}).get("uri")
+            require_server(self._client(config).tracking_uri, "tracking.uri" if configured else "MLFLOW_TRACKING_URI")
             warnings = _validate_policies(config, comparison, self._client(config))
             _check_jobs(config, comparison)
         except ConfigError as exc:
             # Hydra turns exceptions in callbacks into warnings and carries on; stop before any job starts.
+            print(f"servegym compare: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from exc
+        except TrackingServerUnreachableError as exc:
             print(f"servegym compare: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from exc
         warnings.append(few_seeds_warning(len(seeds_of(comparison.get("seeds")))) or "")

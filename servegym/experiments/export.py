@@ -337,14 +337,19 @@ def app(cfg: DictConfig) -> None:
     """Hydra entry point of ``servegym export``."""
     import mlflow
 
-    from servegym.experiments.tracking import tracking_uri
+    from servegym.experiments.tracking import TrackingServerUnreachableError, require_server, tracking_uri
 
     for key, what in _REQUIRED.items():
         if OmegaConf.is_missing(cfg, key):
             _fail(f"{key} is required: {what}")
     base = Path(hydra.utils.get_original_cwd())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small download is noise
-    mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri, base))
+    uri = tracking_uri(cfg.tracking.uri, base)
+    try:
+        require_server(uri, "tracking.uri" if cfg.tracking.uri else "MLFLOW_TRACKING_URI")
+    except TrackingServerUnreachableError as exc:
+        _fail(str(exc))
+    mlflow.set_tracking_uri(uri)
     log_model = cfg.mlflow.log_model
     if log_model not in ("auto", True, False):
         _fail(f"mlflow.log_model={log_model!r} must be auto, true or false")

@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -35,10 +37,12 @@ __all__ = [
     "BatchLogger",
     "PrepareStoreCallback",
     "StoreNotFoundError",
+    "TrackingServerUnreachableError",
     "config_hash",
     "flatten",
     "git_commit",
     "provenance_tags",
+    "require_server",
     "require_store",
     "run_name",
     "tracking_uri",
@@ -103,6 +107,46 @@ def require_store(uri: str, what: str) -> None:
             "MLFLOW_TRACKING_URI resolve to it; the default is mlflow.db in the current directory). Run from the "
             "directory that holds your mlflow.db, or pass tracking.uri=sqlite:////absolute/path/mlflow.db"
         )
+
+
+class TrackingServerUnreachableError(ValueError):
+    """An http(s) tracking URI names a server that does not answer."""
+
+
+def require_server(uri: str, what: str = "tracking.uri", timeout_s: float = 5.0) -> None:
+    """Raise :class:`TrackingServerUnreachableError` when an http(s) ``uri`` has no server listening.
+
+    A TCP connection to the URI's host and port (80/443 by default) must open within
+    ``timeout_s``; MLflow's client would otherwise retry for minutes, printing only urllib3
+    warnings. ``what`` is the setting the URI came from (``tracking.uri``,
+    ``MLFLOW_TRACKING_URI``); the message names it, the address and the cause. Other
+    schemes (SQLite, files, databases) pass: they are checked where they are opened.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    host = parsed.hostname
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError as exc:
+        raise TrackingServerUnreachableError(f"{what} = {uri!r} is invalid: {exc}") from None
+    if not host:
+        raise TrackingServerUnreachableError(f"{what} = {uri!r} is invalid: it names no host")
+    hint = f"start it (mlflow server --host {host} --port {port})"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except socket.gaierror as exc:
+        cause, hint = f"host {host!r} not found: {exc.strerror}", "check the host name"
+    except TimeoutError:
+        cause = f"no answer within {timeout_s:g} s"
+    except OSError as exc:
+        cause = (exc.strerror or str(exc)).lower()
+    # only scheme, host and port: the URI may carry credentials
+    raise TrackingServerUnreachableError(
+        f"{what}: cannot reach the MLflow tracking server at {parsed.scheme}://{host}:{port} ({cause}); {hint}, "
+        f"or set {what} to a running server or a local store (tracking.uri=sqlite:///mlflow.db)"
+    )
 
 
 def run_name(env: str, policy: str, scenario: str, seed: int) -> str:
@@ -217,9 +261,17 @@ class PrepareStoreCallback(Callback):
 
     A fresh SQLite store builds its tables on first use; two parallel jobs (the joblib
     launcher) doing that at once race on the same migration and one fails. Touching the
-    store from the launching process first leaves the jobs nothing to create.
+    store from the launching process first leaves the jobs nothing to create. An http(s)
+    server that does not answer stops the multirun here, before any job starts.
     """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        uri = tracking_uri((config.get("tracking") or {}).get("uri"))
+        configured = (config.get("tracking") or {}).get("uri")
+        uri = tracking_uri(configured)
+        try:
+            require_server(uri, "tracking.uri" if configured else "MLFLOW_TRACKING_URI")
+        except TrackingServerUnreachableError as exc:
+            # stop before any job starts (Hydra only warns about a callback's exception)
+            print(f"servegym: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         MlflowClient(uri).search_experiments(max_results=1)

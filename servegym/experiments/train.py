@@ -16,7 +16,8 @@ against the algorithm's constructor — each error names the config key.
 Each run records, at an absolute tracking URI (:mod:`servegym.experiments.tracking`): the
 resolved config as the artifact ``config/config.yaml`` and as flattened params; git
 commit, package versions and config hash as tags; SB3's training curves
-(``rollout/*``, ``train/*``, ``time/*``) and the simulator's KPIs of finished training
+(``rollout/*``, ``train/*``, ``time/*``; an on-policy learner's ``train/*`` at the step of
+each update, the last one included) and the simulator's KPIs of finished training
 episodes (``sim/*``), in batches; the KPIs of the final policy on ``eval_seeds``
 (``eval/*``, means, with ``eval/*_ci95`` half-widths); checkpoints
 (``checkpoints/latest/``); and the trained policy (``policy/``, loadable with
@@ -35,6 +36,13 @@ then gives the new budget; the param keeps the first).
 Nothing is created in the tracking store until the config has passed every check (the
 learner is built, the SB3 model constructed, a teacher run fetched), so a bad value fails
 with no run left behind; and ``resume=`` never creates a store that is not there.
+An http(s) tracking server that does not answer fails in seconds, naming ``tracking.uri``.
+
+In a multirun, a job that fails prints one line naming its overrides and the error and the
+other jobs still run; at the end a summary lists the failed jobs and the sweep exits with
+status 2 (1 if a job failed other than on a config check). A sweep that varies an on-policy
+learner's rollout size (``+experiment=tune_ppo``) is refused up front unless every trial
+trains the same budget (:class:`EqualBudgetCallback`).
 """
 
 from __future__ import annotations
@@ -43,10 +51,12 @@ import importlib
 import inspect
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +77,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import servegym.envs
@@ -90,6 +101,7 @@ from servegym.experiments.tracking import (
     BatchLogger,
     flatten,
     provenance_tags,
+    require_server,
     require_store,
     run_name,
     tracking_uri,
@@ -100,11 +112,13 @@ from servegym.sim.config import ConfigError, ScenarioConfig, scenario_from_dict
 from servegym.sim.workload import TraceError
 
 __all__ = [
+    "EqualBudgetCallback",
     "HoldoutCallback",
     "TrainResult",
     "TrainingInterruptedError",
     "Validated",
     "app",
+    "check_equal_budgets",
     "evaluate_in_env",
     "run_training",
     "summary",
@@ -373,17 +387,22 @@ def _warn_if_rounded_up(model: BaseAlgorithm, total_timesteps: int) -> None:
 
 
 class _MlflowWriter(KVWriter):
-    """SB3 logger output that buffers numeric values into a :class:`BatchLogger`."""
+    """SB3 logger output that buffers numeric values into a :class:`BatchLogger`, at most one per key and step."""
 
     def __init__(self, batch: BatchLogger) -> None:
         self.batch = batch
+        self._last_step: dict[str, int] = {}
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        # an off-policy learner may dump at the step an episode's logs already went out: keep the first value
         numeric = {
             k: float(v)
             for k, v in key_values.items()
-            if isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+            if isinstance(v, int | float | np.integer | np.floating)
+            and not isinstance(v, bool)
+            and self._last_step.get(k) != step
         }
+        self._last_step.update(dict.fromkeys(numeric, step))
         self.batch.log(numeric, step)
 
     def close(self) -> None:
@@ -402,6 +421,12 @@ class _TrackingCallback(BaseCallback):
     def _on_training_start(self) -> None:
         # a resumed run counts its intervals from the checkpoint, not from zero
         self.last_checkpoint = self.last_eval = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        # SB3 records an update's train/* in train() and dumps them only with the next rollout's logs: a
+        # rollout late, and never for the last update. Write them now, at the step of the update.
+        if isinstance(self.model, OnPolicyAlgorithm):
+            self.model.logger.dump(step=self.model.num_timesteps)
 
     def _on_step(self) -> bool:
         finished = [
@@ -501,8 +526,11 @@ class _Trainer:
                     log_interval=1,  # every rollout (on-policy) or episode (off-policy)
                 )
             except KeyboardInterrupt:
+                model.logger.dump(step=model.num_timesteps)
                 self.checkpoint()
                 raise TrainingInterruptedError(self.run_id, int(model.num_timesteps)) from None
+            # the last update's train/* (and an off-policy learner's values since its last episode)
+            model.logger.dump(step=model.num_timesteps)
         self.checkpoint()
         return self.freeze(), int(model.num_timesteps)
 
@@ -766,6 +794,8 @@ def run_training(
     given = dict(container)
     tracking = dict(container.get("tracking") or {})
     uri = tracking_uri(tracking.get("uri"), base_dir)
+    # a server that is not there fails now, in seconds, not after minutes of MLflow's retries
+    require_server(uri, "tracking.uri" if tracking.get("uri") else "MLFLOW_TRACKING_URI")
     resume = container.get("resume")
     if resume:
         require_store(uri, f"resume={resume}")  # a lookup: never create an empty store
@@ -972,6 +1002,86 @@ class HoldoutCallback(Callback):
         print(summary(metrics, seeds, prefix="holdout"))
 
 
+class EqualBudgetCallback(Callback):
+    """Hydra callback: refuse a sweep whose on-policy trials would train for different budgets.
+
+    SB3 stops only between rollouts of ``n_steps`` x ``n_envs`` steps, so when a sweep
+    (Optuna: ``+experiment=tune_ppo``) varies ``agent.hyperparams.n_steps`` (or
+    ``agent.n_envs``), ``total_timesteps=512`` trains 512 steps in one trial and 2,048 in
+    another, and the best trial may just have trained longest. ``on_multirun_start`` checks
+    that ``total_timesteps`` is a multiple of every rollout size the sweep can pick (from
+    ``hydra.sweeper.params`` and the command line's sweeps) and otherwise stops, naming the
+    sizes and the smallest valid budget, before any trial runs.
+    """
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            check_equal_budgets(config)
+        except ConfigError as exc:
+            # Hydra only warns about a callback's exception; stop the sweep before its first trial
+            print(f"servegym train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+
+_ROLLOUT_KEYS = ("agent.hyperparams.n_steps", "agent.n_envs", "total_timesteps")
+
+
+def check_equal_budgets(config: Any) -> None:
+    """Raise ConfigError when the trials of the sweep ``config`` would train different numbers of steps."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    agent = config.get("agent") or {}
+    hyperparams = agent.get("hyperparams") or {}
+    if agent.get("kind") != "sb3" or "n_steps" not in hyperparams:
+        return  # off-policy learners and scikit-learn fits: no rollout size to check
+    values: dict[str, list[Any]] = {
+        "agent.hyperparams.n_steps": [hyperparams["n_steps"]],
+        "agent.n_envs": [agent.get("n_envs")],
+        "total_timesteps": [config.get("total_timesteps")],
+    }
+    sweeper_params = dict(OmegaConf.select(config, "hydra.sweeper.params", default=None) or {})
+    # the sweeper's search space first, then the command line, which overrides it
+    overrides = [f"{key}={value}" for key, value in sweeper_params.items()]
+    overrides += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key not in _ROLLOUT_KEYS:
+            continue
+        value = override.value()
+        if isinstance(value, ChoiceSweep | RangeSweep):
+            values[key] = list(override.sweep_iterator())
+        elif override.is_sweep_override():
+            swept = str(override.input_line).partition("=")[2]
+            raise ConfigError(
+                f"{key} = {swept}: a continuous range cannot keep the trials' budgets equal (SB3 trains whole "
+                "rollouts of n_steps x n_envs); sweep it with choice(...)"
+            )
+        else:
+            values[key] = [value]
+    for key, options in values.items():
+        for option in options:
+            if isinstance(option, bool) or not isinstance(option, int) or option < 1:
+                raise ConfigError(f"{key} = {option!r} is invalid: must be an integer >= 1")
+    sizes = sorted(
+        {n_steps * n_envs for n_steps in values["agent.hyperparams.n_steps"] for n_envs in values["agent.n_envs"]}
+    )
+    if len(sizes) < 2:
+        return  # one rollout size: every trial rounds the budget up alike (and run_training warns)
+    multiple = math.lcm(*sizes)
+    for budget in values["total_timesteps"]:
+        trained = sorted({math.ceil(budget / size) * size for size in sizes})
+        if len(trained) > 1:
+            n_steps, n_envs = values["agent.hyperparams.n_steps"], values["agent.n_envs"]
+            raise ConfigError(
+                f"total_timesteps = {budget} would give the trials different budgets: SB3 trains whole rollouts of "
+                f"n_steps x n_envs, and with agent.hyperparams.n_steps in {n_steps} and agent.n_envs in {n_envs} "
+                f"(rollouts of {', '.join(map(str, sizes))} steps) the trials would train "
+                f"{', '.join(map(str, trained))} steps, so the best trial could just be the one that trained longest. "
+                f"Use a multiple of {multiple}: total_timesteps={math.ceil(budget / multiple) * multiple}"
+            )
+
+
 def evaluate_holdout(uri: str, sweep_dir: Path, seeds: Sequence[int]) -> tuple[str, dict[str, float]] | None:
     """Evaluate the best run of the sweep in ``sweep_dir`` on ``seeds``; log ``holdout/*`` to it.
 
@@ -1008,8 +1118,17 @@ register_configs()
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
-def app(cfg: DictConfig) -> float | None:
-    """Hydra entry point of ``servegym train``; returns ``eval/objective_usd`` for sweepers such as Optuna."""
+def _train_job(cfg: DictConfig) -> float | None:
+    """One job of ``servegym train``; returns ``eval/objective_usd`` for sweepers such as Optuna.
+
+    A single run that fails a check prints one line and exits with status 2. In a multirun
+    a job that fails prints one line naming its overrides, is recorded for :func:`app`'s
+    summary and returns None (Optuna marks the trial failed), so the other jobs still run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = run_training(
             cfg,
@@ -1020,13 +1139,109 @@ def app(cfg: DictConfig) -> float | None:
         )
     except (ConfigError, TraceError, ValueError) as exc:
         # raised before the MLflow run is created: no run is left behind
-        print(f"servegym train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        if not multirun:
+            print(f"servegym train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        _job_failed("config", exc)
+        return None
     except TrainingInterruptedError as exc:
+        # Ctrl-C or SIGTERM stops the whole sweep, not just this job
         print(f"servegym train: {exc}", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        if not multirun:
+            raise
+        traceback.print_exc()
+        _job_failed("error", exc)
+        return None
     print(f"run {result.run_id}: {result.timesteps} steps")
     if result.kpis:
         print(summary(result.kpis, result.eval_seeds))
+    _job_done()
     objective = result.kpis.get("eval/objective_usd")
     return None if objective is None else (objective if math.isfinite(objective) else math.inf)
+
+
+_JOB_LOG_ENV = "SERVEGYM_TRAIN_JOB_LOG"
+"""Environment variable naming the file where the jobs of a multirun record how they ended.
+
+Set by :func:`app` in the launching process; the jobs (in it, or in joblib's worker
+processes, which inherit the environment) append one JSON line each.
+"""
+
+
+def _job_label() -> tuple[int, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return int(hc.job.num), " ".join(hc.overrides.task)
+
+
+def _record_job(outcome: dict[str, Any]) -> None:
+    log = os.environ.get(_JOB_LOG_ENV)
+    if not log:
+        return
+    try:
+        with open(log, "a", encoding="utf-8") as out:
+            out.write(json.dumps(outcome) + "\n")
+    except OSError:  # a launcher on another machine cannot reach the file: the job's line was printed
+        return
+
+
+def _job_done() -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        num, overrides = _job_label()
+        _record_job({"num": num, "overrides": overrides, "failed": None})
+
+
+def _job_failed(kind: str, exc: BaseException) -> None:
+    num, overrides = _job_label()
+    what = "error" if kind == "config" else f"failed with {type(exc).__name__}"
+    print(f"servegym train: job #{num} ({overrides}): {what}: {exc}", file=sys.stderr)
+    _record_job({"num": num, "overrides": overrides, "failed": kind, "error": f"{exc}"})
+
+
+def _report_jobs(log: Path) -> int:
+    """Print which jobs of a multirun failed; the exit status: 0, 2 (config errors only) or 1."""
+    if not log.exists():
+        return 0
+    jobs = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    failed = sorted((j for j in jobs if j["failed"]), key=lambda j: j["num"])
+    if not failed:
+        return 0
+    print(
+        f"servegym train: {len(failed)} of {len(jobs)} jobs failed (the others ran, each in its own MLflow run):",
+        file=sys.stderr,
+    )
+    for job in failed:
+        what = "config error" if job["failed"] == "config" else "error (traceback above)"
+        print(f"  job #{job['num']} ({job['overrides']}): {what}: {job['error']}", file=sys.stderr)
+    return 2 if all(j["failed"] == "config" for j in failed) else 1
+
+
+def app() -> None:
+    """Entry point of ``servegym train`` (the command line is ``sys.argv``).
+
+    Runs the Hydra app; after a multirun in which jobs failed, prints which ones and why
+    and exits with status 2 when they all failed a config check (1 otherwise).
+    """
+    with tempfile.TemporaryDirectory(prefix="servegym-train-jobs-") as tmp:
+        log = Path(tmp) / "jobs.jsonl"
+        previous = os.environ.get(_JOB_LOG_ENV)
+        os.environ[_JOB_LOG_ENV] = str(log)
+        try:
+            _train_job()
+        except SystemExit:
+            _report_jobs(log)  # a sweep stopped early (Ctrl-C, a sweeper's error) still says what failed
+            raise
+        finally:
+            if previous is None:
+                del os.environ[_JOB_LOG_ENV]
+            else:
+                os.environ[_JOB_LOG_ENV] = previous
+        status = _report_jobs(log)
+    if status:
+        sys.exit(status)

@@ -596,6 +596,8 @@ def test_tune_ppo_sweep_evaluates_the_best_trial_on_held_out_seeds(tmp_path: Pat
     cmd = [
         sys.executable, "-m", "servegym.cli", "train", "-m", "+experiment=tune_ppo", "hydra.sweeper.n_trials=2",
         "total_timesteps=128", "episode_duration_s=120", "agent.n_envs=1", "agent.hyperparams.batch_size=64",
+        # rollouts that divide the budget: every trial trains exactly 128 steps
+        "agent.hyperparams.n_steps=choice(64,128)",
         "eval_seeds=[7]", "holdout_seeds=[8,9]", "progress_bar=false", f"tracking.uri={uri}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]  # fmt: skip
@@ -604,8 +606,10 @@ def test_tune_ppo_sweep_evaluates_the_best_trial_on_held_out_seeds(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     runs = _runs(uri)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    best = min(runs, key=lambda r: r.data.metrics["eval/objective_usd"])
-    other = max(runs, key=lambda r: r.data.metrics["eval/objective_usd"])
+    assert [r.data.metrics["budget/trained_timesteps"] for r in runs] == [128, 128]
+    # equal budgets can tie two trials on eval/objective_usd: the evaluated one is a best one
+    best, other = sorted(runs, key=lambda r: "holdout/objective_usd" not in r.data.metrics)
+    assert best.data.metrics["eval/objective_usd"] == min(r.data.metrics["eval/objective_usd"] for r in runs)
     for key in ("holdout/objective_usd", "holdout/objective_usd_ci95", "holdout/latency_p95_s", "holdout/cost_usd"):
         assert np.isfinite(best.data.metrics[key]), key
     assert not any(k.startswith("holdout/") for k in other.data.metrics)
