@@ -8,9 +8,12 @@ replay them through the in-framework policy and through the exported bundle.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pytest
 
@@ -90,3 +93,13 @@ def recorded() -> Recorded:
     for name in ("interval", "routing", "admission"):
         assert len(getattr(rec, name)) >= N_PARITY, (name, len(getattr(rec, name)))
     return rec
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite tracking store, set as MLflow's tracking URI for the test (restored after)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +135,6 @@ def test_truly_unknown_grids_are_written_unknown(tmp_path: Path) -> None:
     assert action["grid_source"].startswith(f"{UNKNOWN}:")
     with pytest.raises(runtime.BundleError, match="no action grid"):
         bundle.action_values(bundle.decide(X[0]))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before)
 
 
 def test_export_from_a_run_takes_the_grid_from_its_logged_config(

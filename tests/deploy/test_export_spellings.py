@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,6 @@ from servegym.envs.features import Layout
 from servegym.experiments.export import app
 
 ENV_ID = "servegym/Autoscaling-v0"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +51,6 @@ TINY_HYPERPARAMS = {
 def _compose(*overrides: str) -> DictConfig:
     with initialize_config_module(config_module="servegym.conf", version_base=None):
         return compose("train", overrides=list(overrides))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One SQLite tracking store for the module (creating its tables takes seconds)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    yield uri
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
 # -- composition and validation --------------------------------------------------------------

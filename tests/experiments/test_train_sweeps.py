@@ -8,11 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pytest
 from hydra import compose, initialize_config_module
 from mlflow.tracking import MlflowClient
@@ -37,13 +35,6 @@ TINY = [
 def _compose(*overrides: str) -> DictConfig:
     with initialize_config_module(config_module="servegym.conf", version_base=None):
         return compose("train", overrides=list(overrides))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    yield uri
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
 def _cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
