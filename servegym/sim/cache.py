@@ -399,7 +399,9 @@ class SemanticTier:
         emb = self.emb[tenant]
         sims = self._sims[tenant]
         while True:
-            np.dot(query, emb, out=sims)
+            # ndarray.dot is np.dot's C function without the __array_function__ dispatch
+            # (a Python call per lookup); the same BLAS gemv, bit for bit.
+            query.dot(emb, out=sims)
             # ndarray.argmax is a C method (max() goes through a Python wrapper): one
             # reduction answers both "any match?" and "which row?".
             row = int(sims.argmax())
