@@ -1228,6 +1228,8 @@ def app() -> None:
     Runs the Hydra app; after a multirun in which jobs failed, prints which ones and why
     and exits with status 2 when they all failed a config check (1 otherwise).
     """
+    # resume, distillation and the held-out check download small artifacts: no progress bar for each
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="servegym-train-jobs-") as tmp:
         log = Path(tmp) / "jobs.jsonl"
         previous = os.environ.get(_JOB_LOG_ENV)
