@@ -178,11 +178,92 @@ HYDRA_APPS = {
 """Subcommands that are Hydra apps: their arguments are Hydra overrides (``key=value``, ``-m``, ``--help``)."""
 
 
+# Flags after which the command line is not a plain list of overrides: Hydra handles those alone.
+_HYDRA_OWN_FLAGS = frozenset(
+    {
+        *("-h", "--help", "--hydra-help", "-c", "--cfg", "-p", "--package", "--resolve", "-i", "--info"),
+        *("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-sc", "--shell-completion"),
+        "--experimental-rerun",
+    }
+)
+
+
+def _one_line(message: str) -> str:
+    """Hydra's multi-line composition error as one line: options listed inline, its hints dropped."""
+    parts: list[str] = []
+    options: list[str] = []
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("To append", "Set the environment", "reference_type", "object_type")):
+            continue
+        if line.startswith("Config search path"):
+            break
+        if raw.startswith("\t"):
+            options.append(line)
+            continue
+        if options:
+            parts[-1] += " " + ", ".join(options)
+            options = []
+        parts.append(line.rstrip(":.") + (":" if line.endswith(":") else ""))
+    if options:
+        parts[-1] += " " + ", ".join(options)
+    return "; ".join(parts).replace("Schema'", "'")
+
+
+def _composition_error(command: str, args: list[str]) -> str | None:
+    """Compose the app's config with ``args`` as Hydra will; the error as one line, or None.
+
+    Hydra reports a misspelt group option (``agent=ppo2``), key or value in a multi-line
+    block that ends in a hint about stack traces. Composing first gives the same check as
+    one ``servegym <command>: error:`` line with exit status 2, before any job. A sweep's
+    values (``agent=ppo,a2c``) are each composed; ``hydra.*`` overrides, range sweeps and
+    Hydra's own flags are left to Hydra.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a in _HYDRA_OWN_FLAGS or (a.startswith("--") and a != "--multirun") for a in args):
+        return None
+    lines = [a for a in args if a not in ("-m", "--multirun")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+    except HydraException:
+        return None  # a syntax error: Hydra's own message points at the character
+    fixed: list[str] = []
+    swept: list[list[str]] = []
+    for override in overrides:
+        if override.is_hydra_override():
+            continue
+        if not override.is_sweep_override():
+            fixed.append(str(override.input_line))
+        elif override.is_discrete_sweep():
+            key = override.get_key_element()
+            swept.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+    candidates = [[*fixed, *(values[0] for values in swept)]]
+    for k, values in enumerate(swept):
+        rest = [v[0] for j, v in enumerate(swept) if j != k]
+        candidates += [[*fixed, *rest, value] for value in values[1:]]
+    with initialize_config_module(config_module="servegym.conf", version_base=None):
+        for candidate in candidates:
+            try:
+                compose(config_name=command, overrides=candidate)
+            except (HydraException, OmegaConfBaseException) as exc:
+                cause = exc.__cause__  # compose() keeps the details (the key, the type) there
+                return _one_line(f"{exc}\n{cause}" if cause is not None and str(cause) not in str(exc) else str(exc))
+    return None
+
+
 def _run_hydra_app(command: str, args: list[str]) -> int:
     """Run the Hydra app behind ``servegym <command>`` with ``args`` as its command line."""
     import importlib
 
     module = importlib.import_module(HYDRA_APPS[command])
+    error = _composition_error(command, args)
+    if error is not None:
+        print(f"servegym {command}: error: {error}", file=sys.stderr)
+        return 2
     saved = sys.argv
     sys.argv = [f"servegym {command}", *args]
     try:
