@@ -85,10 +85,7 @@ class _PausingController:
     semantic_threshold: Callable[[Platform, IntervalMetrics], Any]
 
     def __init__(self, deferred: frozenset[str], env: PlatformEnv, builtin: BuiltinController) -> None:
-        if "route" in deferred:
-            self.route = _defer_request
-        else:  # the env's own rule, or straight to the built-in one when the env keeps the default
-            self.route = env._route if type(env)._route is not PlatformEnv._route else builtin.route
+        self.route = _defer_request if "route" in deferred else env._route
         self.admit = _defer_request if "admit" in deferred else builtin.admit
         self.scale = _defer_interval if "scale" in deferred else builtin.scale
         self.semantic_threshold = _defer_interval if "threshold" in deferred else builtin.semantic_threshold
@@ -174,7 +171,7 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         )
 
     def _info(self, done: bool) -> dict[str, Any]:
-        info: dict[str, Any] = {"time_s": float(self.platform.env._now), "cost_usd": self._totals[0]}
+        info: dict[str, Any] = {"time_s": self.platform.now, "cost_usd": self._totals[0]}
         decision = self._decision
         if done:
             info["kpis"] = self.platform.kpis()

@@ -105,6 +105,7 @@ from servegym.experiments.tracking import (
     provenance_tags,
     require_server,
     tracking_uri,
+    uri_setting,
 )
 from servegym.policies.base import Policy
 from servegym.sim.config import (
@@ -1144,7 +1145,7 @@ class ComparisonCallback(Callback):
             refuse_list_sweeps([str(o) for o in config.hydra.overrides.task], config.get("label") is not None)
             _validate(comparison)
             configured = (config.get("tracking") or {}).get("uri")
-            require_server(self._client(config).tracking_uri, "tracking.uri" if configured else "MLFLOW_TRACKING_URI")
+            require_server(self._client(config).tracking_uri, uri_setting(configured))
             warnings = _validate_policies(config, comparison, self._client(config))
             _check_jobs(config, comparison)
         except ConfigError as exc:

@@ -337,7 +337,12 @@ def app(cfg: DictConfig) -> None:
     """Hydra entry point of ``servegym export``."""
     import mlflow
 
-    from servegym.experiments.tracking import TrackingServerUnreachableError, require_server, tracking_uri
+    from servegym.experiments.tracking import (
+        TrackingServerUnreachableError,
+        require_server,
+        tracking_uri,
+        uri_setting,
+    )
 
     for key, what in _REQUIRED.items():
         if OmegaConf.is_missing(cfg, key):
@@ -346,7 +351,7 @@ def app(cfg: DictConfig) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small download is noise
     uri = tracking_uri(cfg.tracking.uri, base)
     try:
-        require_server(uri, "tracking.uri" if cfg.tracking.uri else "MLFLOW_TRACKING_URI")
+        require_server(uri, uri_setting(cfg.tracking.uri))
     except TrackingServerUnreachableError as exc:
         _fail(str(exc))
     mlflow.set_tracking_uri(uri)

@@ -46,6 +46,7 @@ __all__ = [
     "require_store",
     "run_name",
     "tracking_uri",
+    "uri_setting",
 ]
 
 _PACKAGES = (
@@ -107,6 +108,11 @@ def require_store(uri: str, what: str) -> None:
             "MLFLOW_TRACKING_URI resolve to it; the default is mlflow.db in the current directory). Run from the "
             "directory that holds your mlflow.db, or pass tracking.uri=sqlite:////absolute/path/mlflow.db"
         )
+
+
+def uri_setting(configured: object) -> str:
+    """The setting a resolved tracking URI came from: ``tracking.uri`` when one was configured, else the variable."""
+    return "tracking.uri" if configured else "MLFLOW_TRACKING_URI"
 
 
 class TrackingServerUnreachableError(ValueError):
@@ -269,7 +275,7 @@ class PrepareStoreCallback(Callback):
         configured = (config.get("tracking") or {}).get("uri")
         uri = tracking_uri(configured)
         try:
-            require_server(uri, "tracking.uri" if configured else "MLFLOW_TRACKING_URI")
+            require_server(uri, uri_setting(configured))
         except TrackingServerUnreachableError as exc:
             # stop before any job starts (Hydra only warns about a callback's exception)
             print(f"servegym: error: {exc}", file=sys.stderr)

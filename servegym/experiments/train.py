@@ -105,6 +105,7 @@ from servegym.experiments.tracking import (
     require_store,
     run_name,
     tracking_uri,
+    uri_setting,
 )
 from servegym.policies import POLICIES, make_policy, scaling_kwargs
 from servegym.policies.base import Policy
@@ -795,7 +796,7 @@ def run_training(
     tracking = dict(container.get("tracking") or {})
     uri = tracking_uri(tracking.get("uri"), base_dir)
     # a server that is not there fails now, in seconds, not after minutes of MLflow's retries
-    require_server(uri, "tracking.uri" if tracking.get("uri") else "MLFLOW_TRACKING_URI")
+    require_server(uri, uri_setting(tracking.get("uri")))
     resume = container.get("resume")
     if resume:
         require_store(uri, f"resume={resume}")  # a lookup: never create an empty store
@@ -1157,7 +1158,8 @@ def _train_job(cfg: DictConfig) -> float | None:
     print(f"run {result.run_id}: {result.timesteps} steps")
     if result.kpis:
         print(summary(result.kpis, result.eval_seeds))
-    _job_done()
+    if multirun:
+        _job_done()
     objective = result.kpis.get("eval/objective_usd")
     return None if objective is None else (objective if math.isfinite(objective) else math.inf)
 
@@ -1189,12 +1191,8 @@ def _record_job(outcome: dict[str, Any]) -> None:
 
 
 def _job_done() -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        num, overrides = _job_label()
-        _record_job({"num": num, "overrides": overrides, "failed": None})
+    num, overrides = _job_label()
+    _record_job({"num": num, "overrides": overrides, "failed": None})
 
 
 def _job_failed(kind: str, exc: BaseException) -> None:

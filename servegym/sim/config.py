@@ -589,14 +589,7 @@ def scenario_from_dict(data: Mapping[str, Any]) -> ScenarioConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"a scenario must be a mapping of keys, got {type(data).__name__}")
     if "base" in data:
-        base = data["base"]
-        if not isinstance(base, (str, Path)) or not str(base):
-            raise ConfigError(f"base = {base!r} is invalid: give a shipped scenario name or a YAML path")
-        top = {k: v for k, v in data.items() if k != "base"}
-        try:
-            data = _merged(_scenario_data(_scenario_path(base)), top)
-        except ConfigError as exc:
-            raise ConfigError(f"base: {exc}") from None
+        data = _merged(_base_data(data["base"]), {k: v for k, v in data.items() if k != "base"})
     return _build(ScenarioConfig, data, "")
 
 
@@ -655,14 +648,23 @@ def _scenario_data(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: a scenario file must hold a mapping, not {type(data).__name__}")
     if "base" not in data:
         return data
-    base = data.pop("base")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base = {base!r} is invalid: give a shipped scenario name or a YAML path")
+    return _merged(_base_data(data.pop("base"), f"{path}: ", path, (*chain, path.resolve())), data)
+
+
+def _base_data(
+    base: Any, where: str = "", relative_to: Path | None = None, chain: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """The mapping of the scenario a ``base:`` names (a shipped name, or a path relative to ``relative_to``).
+
+    ``where`` prefixes the errors about ``base`` itself (the file that names it).
+    """
+    if not isinstance(base, (str, Path)) or not str(base):
+        raise ConfigError(f"{where}base = {base!r} is invalid: give a shipped scenario name or a YAML path")
     try:
-        base_path = _scenario_path(base, relative_to=path)
+        base_path = _scenario_path(base, relative_to=relative_to)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: base: {exc}") from None
-    return _merged(_scenario_data(base_path, (*chain, path.resolve())), data)
+        raise ConfigError(f"{where}base: {exc}") from None
+    return _scenario_data(base_path, chain)
 
 
 def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ScenarioConfig:

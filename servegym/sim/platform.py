@@ -353,13 +353,10 @@ class Platform:
 
     def _on_arrival(self, i: int) -> None:
         """Request ``i`` arrives: look it up in the caches, fastest first; a miss heads for the pool."""
+        self._schedule_arrival(i + 1)
         R = self.requests
-        now = self.env._now
-        # _schedule_arrival(i + 1), inline: it runs once per request.
-        if i + 1 < R.n or self._load_batch():
-            delay = R.arrival_s[i + 1] - now
-            self._after(delay if delay > 0 else 0.0, self._on_arrival, i + 1)
         R.arrived += 1
+        now = self.env._now
         key = R.key[i]
         for level, tier, stored, get, latency in self._lookups:
             if key not in stored or tier.down:
