@@ -129,6 +129,9 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         self.platform = self._new_platform(self.scenario.seed)
         self._decision: Decision | None = None
         self._platform_seed = self.scenario.seed
+        # The episode's actions, for pickling by replay. A MultiDiscrete action's ints are
+        # stored flat (see step()): a list per step would be a garbage-collected container
+        # per step, and tens of thousands of them make the cyclic GC run twice as often.
         self._actions: list[Any] = []
         self._totals = (0.0, 0, 0)
         self._bounds_of: gym.Space[Any] | None = None
@@ -204,7 +207,10 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         action = self._checked_action(action)
         platform = self.platform
         platform.resolve(decision, self._act(decision, action))
-        self._actions.append(action)
+        if type(action) is list and self._bounds is not None:  # an int64 MultiDiscrete action
+            self._actions += action
+        else:
+            self._actions.append(action)
         decision = self._decision = platform.step_to_decision()
         done = decision is None
         reward = self._reward()
@@ -251,9 +257,17 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
             "init_args": self._init_args,
             "np_random_state": self._np_random.bit_generator.state if self._np_random is not None else None,
             "platform_seed": self._platform_seed,
-            "actions": list(self._actions),
+            "actions": self._recorded_actions(),
             "started": self._decision is not None or bool(self._actions),
         }
+
+    def _recorded_actions(self) -> list[Any]:
+        """The episode's actions, one per step (``step()`` stores MultiDiscrete ones flat)."""
+        bounds = _integer_bounds(self.action_space)
+        if bounds is None or not isinstance(self.action_space, gym.spaces.MultiDiscrete):
+            return list(self._actions)
+        width, flat = len(bounds), self._actions
+        return [flat[k : k + width] for k in range(0, len(flat), width)]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         type(self).__init__(self, **state["init_args"])

@@ -9,6 +9,7 @@ features up by name (``layout.index["utilisation"]``), never by hard-coded posit
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -277,14 +278,16 @@ class KeyStats:
 
     ``observe(platform)`` consumes the arrivals since its last call (amortised O(1) per
     request); ``of(key, now)`` gives (arrivals of ``key`` so far, seconds since the latest).
-    Keys are dense (``0 .. platform.n_keys - 1``), so the counts live in lists indexed by
-    key: a caching env observes every arrival, and indexing a list costs far less than
-    hashing into a dict of hundreds of thousands of mostly cold keys.
+    Keys are dense (``0 .. platform.n_keys - 1``), so the counts live in flat arrays
+    indexed by key: a caching env observes every arrival, and indexing costs far less
+    than hashing into a dict of hundreds of thousands of mostly cold keys. ``array``
+    rather than ``list``: the values sit inline (no pointer to chase at a random key), and
+    the cyclic garbage collector has nothing to traverse in them.
     """
 
     def __init__(self) -> None:
-        self.count: list[int] = []  # sized at the first observe(), when the key space is known
-        self.last_s: list[float] = []
+        self.count = array("q")  # sized at the first observe(), when the key space is known
+        self.last_s = array("d")
         self.seen = 0
 
     def observe(self, platform: Platform) -> None:
@@ -293,12 +296,14 @@ class KeyStats:
             return
         count, last_s = self.count, self.last_s
         if not count:
-            count.extend([0] * platform.n_keys)
-            last_s.extend([math.nan] * platform.n_keys)
+            count.frombytes(bytes(8 * platform.n_keys))
+            last_s.extend(array("d", [math.nan]) * platform.n_keys)
         R = platform.requests
-        for key, arrival_s in zip(R.key[seen:arrived], R.arrival_s[seen:arrived], strict=True):
+        keys, arrival_s = R.key, R.arrival_s
+        for i in range(seen, arrived):
+            key = keys[i]
             count[key] += 1
-            last_s[key] = arrival_s
+            last_s[key] = arrival_s[i]
         self.seen = arrived
 
     def of(self, key: int, now: float) -> tuple[int, float]:
