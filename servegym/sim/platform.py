@@ -14,8 +14,8 @@ answer :data:`DEFER` instead of an action: the platform then parks the decision 
 decision and resume it when its agent acts. Simulated time does not move in between.
 
 The per-request path avoids SimPy processes and ``Event`` objects: each arrival, cache
-answer, pool entry and backend call is one ``(handler, request)`` tuple in SimPy's event
-queue, and request attributes live in columnar lists indexed by request id. The
+answer, pool entry and backend call is one ``(time, priority, id, handler, request)``
+entry in SimPy's event queue, and request attributes live in columnar lists indexed by request id. The
 platform's :class:`Engine` (a ``simpy.Environment`` subclass) knows how to process such
 an entry, so ``env.run()``, ``env.step()`` and every SimPy process work as usual; the
 per-request methods read the engine's clock attribute (``_now``, which the ``now``
@@ -153,23 +153,24 @@ class Engine(simpy.Environment):
 
     ``env.timeout(delay, request).callbacks.append(handler)`` builds a full ``Timeout``
     (environment, delay, value, callback list, scheduling call) for each of the 2-3
-    events a request lives through. :meth:`after` instead pushes a plain
-    ``(handler, request)`` tuple onto SimPy's event queue, timed, prioritised and
-    numbered exactly as ``schedule()`` would a ``Timeout``, so ties resolve in the same
-    order. :meth:`step` (which ``run()`` calls) processes such an entry by calling
-    ``handler(request)``, and hands every other entry to SimPy's own ``step()``.
+    events a request lives through. :meth:`after` instead pushes a five-field entry
+    ``(time, priority, event id, handler, request)`` onto SimPy's event queue, timed,
+    prioritised and numbered exactly as ``schedule()`` would a ``Timeout``, so ties
+    resolve in the same order (ids are unique, so a comparison never reaches the
+    fourth field). :meth:`step` (which ``run()`` calls) processes such an entry by
+    calling ``handler(request)``, and hands SimPy's four-field entries to its own ``step()``.
     """
 
     def after(self, delay: float, handler: Callable[[int], None], request: int) -> None:
         """Call ``handler(request)`` in ``delay`` seconds (``delay >= 0``)."""
         queue: list[Any] = self._queue  # SimPy types it as holding Events only
-        heappush(queue, (self._now + delay, NORMAL, next(self._eid), (handler, request)))
+        heappush(queue, (self._now + delay, NORMAL, next(self._eid), handler, request))
 
     def step(self) -> None:
         """Process the next event: a per-request entry here, a SimPy event by SimPy."""
         queue: list[Any] = self._queue
-        if queue and queue[0][3].__class__ is tuple:
-            self._now, _, _, (handler, request) = heappop(queue)
+        if queue and len(queue[0]) == 5:
+            self._now, _, _, handler, request = heappop(queue)
             handler(request)
         else:
             super().step()
@@ -197,8 +198,13 @@ class Platform:
         self.seed = scenario.seed if seed is None else seed
         self.streams = Streams(self.seed)
         self.env = Engine()
-        # Engine.after, bound once: called 2-3 times per request.
+        # Engine.after and the per-request handlers, bound once: 2-3 of them are scheduled
+        # per request, and reading a method off the instance builds a new bound method.
         self._after = self.env.after
+        self._h_arrival = self._on_arrival
+        self._h_enter_pool = self._enter_pool
+        self._h_cache_answer = self._on_cache_answer
+        self._h_call_done = self._on_call_done
         self.controller: Controller = controller or BuiltinController(
             scenario.control, scenario, self.streams["controller"]
         )
@@ -306,8 +312,8 @@ class Platform:
                 if env._now < end:
                     env.run(until=end)
                 return None
-            if queue[0][3].__class__ is tuple:
-                env._now, _, _, (handler, request) = heappop(queue)
+            if len(queue[0]) == 5:
+                env._now, _, _, handler, request = heappop(queue)
                 handler(request)
             else:
                 env.step()
@@ -349,7 +355,7 @@ class Platform:
         R = self.requests
         if i < R.n or self._load_batch():
             delay = R.arrival_s[i] - self.env._now
-            self._after(delay if delay > 0 else 0.0, self._on_arrival, i)
+            self._after(delay if delay > 0 else 0.0, self._h_arrival, i)
 
     def _on_arrival(self, i: int) -> None:
         """Request ``i`` arrives: look it up in the caches, fastest first; a miss heads for the pool."""
@@ -390,7 +396,7 @@ class Platform:
         R.lookup_s[i] = latency
         self.entering += 1
         if latency > 0:
-            self._after(latency, self._enter_pool, i)
+            self._after(latency, self._h_enter_pool, i)
         else:
             self._enter_pool(i)
 
@@ -399,7 +405,7 @@ class Platform:
         self.requests.hit_level[i] = level
         self.hits[level] += 1
         self.hits_in_flight += 1
-        self._after(latency, self._on_cache_answer, i)
+        self._after(latency, self._h_cache_answer, i)
 
     def _on_cache_answer(self, i: int) -> None:
         self.hits_in_flight -= 1
@@ -516,7 +522,7 @@ class Platform:
         R.tokens_out[i] = tokens_out
         if status != OK:
             self._failing[i] = status
-        self._after(duration, self._on_call_done, i)
+        self._after(duration, self._h_call_done, i)
 
     def _on_call_done(self, i: int) -> None:
         R = self.requests
