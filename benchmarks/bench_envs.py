@@ -2,8 +2,10 @@
 
 Each environment runs full episodes of its default scenario with uniformly random
 actions (``gymnasium.make``, so with the registered wrappers); the plain SimPy M/M/c
-queue of ``bench_sim.py`` runs in the same process for the ratio. Figures are medians
-of ``--repeats``. Target: every env at >= 0.4x the plain queue's simulated requests/s.
+queue of ``bench_sim.py`` runs in the same process for the ratio, right after each
+episode. Both start from a freshly collected heap (``gc.collect()`` before the clock
+starts), so neither pays for freeing the other's garbage. Figures are medians of
+``--repeats``. Target: every env at >= 0.4x the plain queue's simulated requests/s.
 
     python benchmarks/bench_envs.py [--repeats 3] [--duration 1800]
 """
@@ -11,6 +13,7 @@ of ``--repeats``. Target: every env at >= 0.4x the plain queue's simulated reque
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
@@ -23,12 +26,14 @@ import servegym.envs
 def episode(env_id: str, duration_s: float, seed: int) -> tuple[float, float, int]:
     """One episode with random actions; returns (steps/s, simulated requests/s, requests)."""
     env = gym.make(env_id, duration_s=duration_s)
-    env.action_space.seed(seed)
+    space = env.action_space  # the policy: Gymnasium's own uniform sampling of the space
+    space.seed(seed)
+    gc.collect()  # the previous run's garbage is freed now, not inside this run's timing
     start = time.perf_counter()
     env.reset(seed=seed)
     steps, done = 0, False
     while not done:
-        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        _, _, terminated, truncated, _ = env.step(space.sample())
         steps += 1
         done = terminated or truncated
     elapsed = time.perf_counter() - start
