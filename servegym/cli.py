@@ -160,6 +160,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     policies = list(args.policies)
     if args.baseline is not None and args.baseline not in policies:
         policies.insert(0, args.baseline)
+    _check_evaluation(policies, args.seeds, params)
     start = time.perf_counter()
     results = evaluate(policies, args.env, scenario, args.seeds, params)
     print(
@@ -168,6 +169,43 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(format_comparison(results, args.baseline))
     return 0
+
+
+def _check_evaluation(policies: list[str], seeds: list[int], params: dict[str, dict[str, object]]) -> None:
+    """Refuse what would silently distort an evaluation: repeats, misplaced overrides, unused parameters."""
+    for policy in policies:
+        if "=" in policy:
+            raise ConfigError(
+                f"--policies {policy!r} looks like a scenario override: put key=value overrides before the options"
+            )
+    repeated = sorted({p for p in policies if policies.count(p) > 1})
+    if repeated:
+        raise ConfigError(f"--policies repeats {', '.join(repeated)}: each must appear once")
+    repeated_seeds = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated_seeds:
+        raise ConfigError(
+            f"--seeds repeats {', '.join(map(str, repeated_seeds))}: each must appear once "
+            "(a repeated seed would count as independent evidence)"
+        )
+    named = {name for spec in policies for name in spec.split("+")}
+    for policy in params:
+        if policy not in named:
+            raise ConfigError(
+                f"--param {policy}.{next(iter(params[policy]))}: {policy!r} is not among the evaluated policies "
+                f"({', '.join(sorted(named))})"
+            )
+
+
+def _seed(text: str) -> int:
+    """A ``--seeds`` value; a ``key=value`` here is an override given after the options."""
+    if "=" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} looks like a scenario override: put key=value overrides before the options"
+        )
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
 
 
 HYDRA_APPS = {
@@ -303,15 +341,16 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate",
         help="evaluate policies over seeds: KPI means with 95%% intervals and paired differences",
         description="Evaluate policies on an environment's decision over seeds (common random numbers). "
-        "Policies: static hpa kpa step scheduled | random round_robin jsq power_of_two cheapest strongest "
-        "cascade | admit_all admit_none frequency fixed_threshold | oracles oracle_router clairvoyant; "
-        "join with + for Platform-v0 (e.g. hpa+cascade).",
+        "Policies: scaling: static hpa kpa step scheduled; routing: random round_robin jsq power_of_two "
+        "cheapest strongest cascade; caching: admit_all admit_none frequency fixed_threshold; "
+        "oracles: oracle_router clairvoyant; builtin (the scenario's own rules). "
+        "Join with + for Platform-v0 (e.g. hpa+cascade). Scenario overrides (key=value) go before the options.",
     )
     ev.add_argument("--env", default="Autoscaling-v0", help="Autoscaling-v0, Routing-v0, Caching-v0 or Platform-v0")
     ev.add_argument("--policies", nargs="+", required=True, metavar="POLICY")
     ev.add_argument("--baseline", default=None, help="report paired differences against this policy")
     ev.add_argument("--scenario", default="default", help="a shipped scenario name or a path to a YAML file")
-    ev.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ev.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2, 3, 4])
     ev.add_argument("--duration", type=float, default=None, help="override the simulated duration in seconds")
     ev.add_argument("--param", action="append", default=[], metavar="policy.arg=value", help="a policy argument")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="scenario overrides")

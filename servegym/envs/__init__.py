@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym
@@ -31,31 +30,21 @@ __all__ = [
 
 ENV_IDS = ("servegym/Autoscaling-v0", "servegym/Routing-v0", "servegym/Caching-v0", "servegym/Platform-v0")
 
-# Interval envs take one step per control interval: 3600 s / 15 s for the default
-# scenario. TimeLimit guards other scenarios too; the env truncates at its own horizon.
-_INTERVAL_STEPS = 240
-for _id, _entry, _steps in (
-    (ENV_IDS[0], "servegym.envs.autoscaling:AutoscalingEnv", _INTERVAL_STEPS),
-    (ENV_IDS[1], "servegym.envs.routing:RoutingEnv", None),
-    (ENV_IDS[2], "servegym.envs.caching:CachingEnv", None),
-    (ENV_IDS[3], "servegym.envs.platform_env:PlatformControlEnv", _INTERVAL_STEPS),
+# No registered step limit: an episode's length is the scenario's (duration_s over the
+# control interval, or one step per request or cache write), and every env truncates at
+# the scenario's horizon itself, with the episode's KPIs in the last info. A fixed
+# TimeLimit would cut a longer duration_s or a shorter interval short, silently and
+# without KPIs; pass max_episode_steps to gymnasium.make for a shorter episode.
+for _id, _entry in (
+    (ENV_IDS[0], "servegym.envs.autoscaling:AutoscalingEnv"),
+    (ENV_IDS[1], "servegym.envs.routing:RoutingEnv"),
+    (ENV_IDS[2], "servegym.envs.caching:CachingEnv"),
+    (ENV_IDS[3], "servegym.envs.platform_env:PlatformControlEnv"),
 ):
     if _id not in gym.registry:
-        gym.register(id=_id, entry_point=_entry, max_episode_steps=_steps)
+        gym.register(id=_id, entry_point=_entry)
 
 
 def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
-    """``gymnasium.make`` with a ``TimeLimit`` long enough for the scenario's own horizon.
-
-    The interval environments are registered with a limit of 240 steps (one hour of 15 s
-    intervals, the default scenario); a longer ``duration_s`` or a shorter control
-    interval would otherwise be cut off by ``TimeLimit`` before the episode's KPIs arrive.
-    """
-    env = gym.make(env_id, **kwargs)
-    limit = env.spec.max_episode_steps if env.spec is not None else None
-    scenario = env.unwrapped.scenario  # type: ignore[attr-defined]
-    needed = math.ceil(scenario.duration_s / scenario.control.interval_s) + 1
-    if limit is not None and "max_episode_steps" not in kwargs and needed > limit:
-        env.close()
-        env = gym.make(env_id, max_episode_steps=needed, **kwargs)
-    return env
+    """``gymnasium.make`` for a servegym id; calling it through this module guarantees the ids are registered."""
+    return gym.make(env_id, **kwargs)

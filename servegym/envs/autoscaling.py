@@ -61,8 +61,9 @@ class AutoscalingEnv(PlatformEnv):
     first observation is the first interval, run with the initial pool.
 
     ## Episode End
-    Truncation when the scenario's ``duration_s`` is reached (a time limit; the
-    registered ``TimeLimit`` matches it for the default scenario). There is no terminal state.
+    Truncation when the scenario's ``duration_s`` is reached (a time limit the env
+    applies itself, so any ``duration_s`` and control interval run to their end; pass
+    ``max_episode_steps`` to ``gymnasium.make`` for shorter episodes). There is no terminal state.
     ``info["kpis"]`` carries the episode's KPIs on the last step.
 
     ## Arguments

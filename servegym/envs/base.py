@@ -35,6 +35,10 @@ def resolve_scenario(
     duration_s: float | None = None,
 ) -> ScenarioConfig:
     """A scenario from a shipped name, a YAML path, a config or a mapping, plus overrides."""
+    if isinstance(overrides, str):
+        raise ConfigError(
+            f"overrides = {overrides!r} is invalid: give a list of key=value strings, e.g. [{overrides!r}]"
+        )
     if isinstance(scenario, ScenarioConfig):
         resolved = scenario
     elif isinstance(scenario, Mapping):
@@ -60,6 +64,17 @@ def _integer_bounds(space: gym.Space[Any]) -> list[tuple[int, int]] | None:
     if isinstance(space, gym.spaces.MultiDiscrete) and space.dtype == _INT64 and space.nvec.ndim == 1:
         return list(zip(space.start.tolist(), (space.start + space.nvec - 1).tolist(), strict=True))
     return None
+
+
+def _has_bool(action: Any) -> bool:
+    """Whether ``action`` is, or holds, a boolean (Python or numpy)."""
+    if isinstance(action, (bool, np.bool_)):
+        return True
+    if isinstance(action, np.ndarray):
+        return action.dtype == np.bool_ or (action.dtype == object and any(_has_bool(a) for a in action.flat))
+    if isinstance(action, (list, tuple)):
+        return any(_has_bool(a) for a in action)
+    return False
 
 
 def _defer_request(platform: Platform, request: int) -> Any:
@@ -123,6 +138,12 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
             "quality_weight": quality_weight,
         }
         self.scenario = resolve_scenario(scenario, overrides, duration_s)
+        interval = self.scenario.control.interval_s
+        if "scale" in self.deferred and self.scenario.duration_s <= interval:
+            raise ConfigError(
+                f"{type(self).__name__}: duration_s = {self.scenario.duration_s:g} is invalid: its first decision "
+                f"comes after one control interval ({interval:g} s), so duration_s must be longer than that"
+            )
         self.cost_weight = float(cost_weight)
         self.slo_weight = float(slo_weight)
         self.quality_weight = float(quality_weight)
@@ -193,7 +214,16 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         self._totals = (0.0, 0, 0)
         self._on_reset()
         decision = self._advance()
-        return self._observe(decision), self._info(decision is None)
+        if decision is None:
+            raise ConfigError(
+                f"{type(self).__name__}: the scenario ended (duration_s = {self.scenario.duration_s:g}) before "
+                f"its first decision ({', '.join(sorted(self.deferred))}) for this seed: "
+                "an episode needs at least one step; increase duration_s"
+            )
+        info = self._info(False)
+        # What was billed before the first decision (the first step's reward includes it).
+        info["cost_usd"] = self.platform.cost_usd()
+        return self._observe(decision), info
 
     def _on_reset(self) -> None:
         """Clear per-episode state of a subclass."""
@@ -239,7 +269,8 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
                         break
                 else:
                     return values
-        if not space.contains(action):
+        if _has_bool(action) or not space.contains(action):
+            # Gymnasium's contains() takes True for 1: a boolean here is a bug in the caller.
             raise ValueError(f"action {action!r} is not in the action space {space}")
         if isinstance(space, gym.spaces.Discrete):
             return int(action)

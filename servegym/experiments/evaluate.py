@@ -19,7 +19,15 @@ from typing import Any
 
 from servegym.envs.features import admission_layout, interval_layout, routing_layout
 from servegym.experiments.stats import Estimate, estimate, few_seeds_warning, format_estimate, paired_difference
-from servegym.policies import POLICIES, Policy, PolicyController, make_policy, scaling_kwargs
+from servegym.policies import (
+    ENV_FILLED_ARGUMENTS,
+    POLICIES,
+    Policy,
+    PolicyController,
+    build_checked,
+    make_policy,
+    scaling_kwargs,
+)
 from servegym.sim.config import ScenarioConfig
 from servegym.sim.oracles import ClairvoyantScaler, OracleRouter
 from servegym.sim.platform import Controller, Platform
@@ -110,7 +118,9 @@ def _controller(
     ``seed`` (this seed) and ``fixed_threshold``'s ``threshold`` (the scenario's) — take it
     when absent or null, as ``servegym/conf/policy/`` writes them.
     """
-    names = [n for n in spec.split("+") if n]
+    names = spec.split("+")
+    if not all(names):
+        raise ValueError(f"policy spec {spec!r} has an empty name: join policy names with single + signs")
     allowed = ENV_DECISIONS.get(env_id.removeprefix("servegym/"))
     if allowed is None:
         raise ValueError(f"unknown environment {env_id!r}; known: {', '.join(ENV_DECISIONS)}")
@@ -139,10 +149,14 @@ def _controller(
     if oracles:
         if len(chosen) > 1:
             raise ValueError(f"oracle {oracles[0]!r} runs alone; it cannot be combined in {spec!r}")
-        return ORACLES[oracles[0]](**params.get(oracles[0], {}))
+        oracle: Controller = build_checked(oracles[0], ORACLES[oracles[0]], dict(params.get(oracles[0], {})))
+        return oracle
     built: dict[str, Any] = dict(trained)
     for decision, name in chosen.items():
         kwargs = dict(params.get(name, {}))
+        for structural in ENV_FILLED_ARGUMENTS:
+            if structural in kwargs:
+                raise ValueError(f"{name}.{structural} comes from the environment's observations; it cannot be given")
         if decision == "scaling":
             kwargs = {**scaling_kwargs(scenario), **kwargs}
             if name == "static" and kwargs.get("replicas") is None:

@@ -336,7 +336,7 @@ def evaluate_in_env(
             total += float(reward)
             done = terminated or truncated
         if "kpis" not in info:
-            raise RuntimeError(f"{env_id} ended without KPIs in info (TimeLimit before the scenario's horizon?)")
+            raise RuntimeError(f"{env_id} ended without KPIs in info (max_episode_steps before the scenario's end?)")
         out.append({**info["kpis"]["all"], "episode_return": total})
         env.close()
     return out

@@ -37,6 +37,7 @@ from servegym.policies.routing import (
 from servegym.policies.scaling import HPA, KPA, ScheduledScaling, StaticScaling, StepScaling, scaling_kwargs
 
 __all__ = [
+    "ENV_FILLED_ARGUMENTS",
     "HPA",
     "KPA",
     "POLICIES",
@@ -57,6 +58,7 @@ __all__ = [
     "StaticScaling",
     "StepScaling",
     "Strongest",
+    "build_checked",
     "checked_observation",
     "make_policy",
     "require_features",
@@ -93,10 +95,37 @@ def make_policy(name: str, **kwargs: Any) -> Policy:
         factory = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(sorted(POLICIES))}") from None
-    accepted = set(inspect.signature(factory).parameters)
-    unknown = sorted(set(kwargs) - accepted)
+    policy: Policy = build_checked(name, factory, kwargs)
+    return policy
+
+
+ENV_FILLED_ARGUMENTS = ("layout", "backend_names")
+"""Arguments an evaluation fills from the environment's observations, never from the user."""
+
+
+def build_checked(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """``factory(**kwargs)``, with every way the arguments can be wrong as one ValueError naming ``name``.
+
+    Unknown and missing arguments are found from the signature before the call. The
+    constructor's own ValueError (it names the argument) passes through; a TypeError or
+    AttributeError from deeper down (a string where a number belongs) becomes one.
+    """
+    signature = inspect.signature(factory)
+    accepted = sorted(signature.parameters)
+    unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
+        settable = [a for a in accepted if a not in ENV_FILLED_ARGUMENTS]
+        raise ValueError(f"policy {name!r} has no argument {unknown[0]!r}; it accepts: {', '.join(settable) or 'none'}")
+    missing = [
+        p for p, spec in signature.parameters.items() if spec.default is inspect.Parameter.empty and p not in kwargs
+    ]
+    if missing:
         raise ValueError(
-            f"policy {name!r} has no argument {unknown[0]!r}; it accepts: {', '.join(sorted(accepted))}"
+            f"policy {name!r} needs the argument {missing[0]!r} (on the command line: --param {name}.{missing[0]}=...)"
         )
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except ValueError:
+        raise  # the constructor's own check, which names the argument and its bounds
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise ValueError(f"policy {name!r} rejected its arguments: {exc}") from exc

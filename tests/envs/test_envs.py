@@ -219,15 +219,55 @@ def test_integer_actions_take_the_fast_check_and_others_the_full_one(env_id: str
             env.step(action)
 
 
-def test_make_extends_the_time_limit_to_the_scenarios_horizon() -> None:
-    """Registered with 240 steps (one default hour); a two-hour episode must not be cut at 240."""
-    from servegym.envs import make
-
-    env = make("servegym/Autoscaling-v0", duration_s=7200.0)
-    assert env.spec is not None and env.spec.max_episode_steps == 481
+@pytest.mark.parametrize(
+    ("kwargs", "steps"),
+    [
+        ({"duration_s": 7200.0}, 479),  # two hours of 15 s intervals: one decision per boundary inside
+        ({"duration_s": 1800.0, "overrides": ["control.interval_s=5"]}, 359),
+    ],
+)
+def test_gymnasium_make_runs_any_horizon_to_its_end(kwargs: dict[str, Any], steps: int) -> None:
+    """No registered step limit cuts a longer scenario short: the env truncates at its own horizon."""
+    env = gym.make("servegym/Autoscaling-v0", **kwargs)
     env.reset(seed=0)
-    steps, done, info = 0, False, {}
+    n, done, info = 0, False, {}
     while not done:
         _, _, terminated, truncated, info = env.step(env.action_space.sample())
-        steps, done = steps + 1, terminated or truncated
-    assert steps == 479 and "kpis" in info  # one decision per interval boundary inside the horizon
+        n, done = n + 1, terminated or truncated
+    assert n == steps and truncated and info["time_s"] == kwargs["duration_s"] and "kpis" in info
+    # A step limit asked for is still applied (by Gymnasium's TimeLimit).
+    short = gym.make("servegym/Autoscaling-v0", max_episode_steps=3, **kwargs)
+    short.reset(seed=0)
+    assert [short.step(3)[3] for _ in range(3)] == [False, False, True]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_booleans_are_not_actions(env_id: str) -> None:
+    """Gymnasium's contains() takes True for 1; the env refuses booleans, alone or inside an array or list."""
+    env = make(env_id)
+    env.reset(seed=0)
+    width = int(np.prod(env.action_space.shape)) if env.action_space.shape else 0
+    bads: list[Any] = [True, np.True_] if width == 0 else [np.ones(width, dtype=bool), [True] + [0] * (width - 1)]
+    for bad in bads:
+        with pytest.raises(ValueError, match="not in the action space"):
+            env.step(bad)
+
+
+def test_an_episode_without_a_decision_is_refused_with_the_duration() -> None:
+    with pytest.raises(ConfigError, match="duration_s = 15 is invalid"):
+        gym.make("servegym/Autoscaling-v0", duration_s=15.0)
+    env = gym.make("servegym/Routing-v0", duration_s=0.01)
+    with pytest.raises(ConfigError, match=r"duration_s = 0.01\) before its first decision"):
+        env.reset(seed=0)
+
+
+def test_overrides_given_as_one_string_are_refused() -> None:
+    with pytest.raises(ConfigError, match="give a list of key=value strings"):
+        gym.make("servegym/Routing-v0", overrides="pool.max_replicas=30")
+
+
+def test_reset_info_reports_what_was_billed_before_the_first_decision() -> None:
+    env = make("servegym/Autoscaling-v0")
+    _, info = env.reset(seed=0)
+    unwrapped: Any = env.unwrapped
+    assert info["time_s"] == 15.0 and info["cost_usd"] == unwrapped.platform.cost_usd() > 0

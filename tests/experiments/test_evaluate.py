@@ -62,6 +62,17 @@ def test_cli_evaluate_prints_the_table(capsys: pytest.CaptureFixture[str]) -> No
         (["--policies", "nope"], "unknown policy"),
         (["--env", "Nope-v0", "--policies", "hpa"], "unknown environment"),
         (["--policies", "hpa", "--param", "oops"], "policy.argument=value"),
+        # a value the policy's constructor rejects, an argument it lacks or needs: one line, exit 2
+        (["--env", "Routing-v0", "--policies", "random", "--param", "random.seed=abc"], "rejected its arguments"),
+        (["--policies", "clairvoyant", "--param", "clairvoyant.foo=1"], "has no argument 'foo'"),
+        (["--policies", "scheduled"], "needs the argument 'schedule'"),
+        (["--policies", "hpa", "--param", "hpa.layout=1"], "comes from the environment's observations"),
+        # what would distort the results silently
+        (["--policies", "hpa", "--param", "hpx.tolerance=0.2"], "'hpx' is not among the evaluated policies"),
+        (["--policies", "hpa", "hpa"], "--policies repeats hpa"),
+        (["--policies", "hpa", "--seeds", "1", "1"], "--seeds repeats 1"),
+        (["--env", "Platform-v0", "--policies", "hpa+"], "has an empty name"),
+        (["--policies", "hpa", "pool.max_replicas=64"], "put key=value overrides before the options"),
     ],
 )
 def test_cli_evaluate_errors_name_the_problem(
@@ -80,3 +91,10 @@ def test_cli_evaluate_warns_about_few_seeds_on_stderr_too(capsys: pytest.Capture
     assert "warning: this evaluation has only 2 seeds" in captured.out
     assert main([*args, "--seeds", "0", "1", "2"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_cli_evaluate_override_after_seeds_gets_the_same_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--policies", "hpa", "--seeds", "0", "pool.max_replicas=-1"])
+    assert exit_.value.code == 2
+    assert "put key=value overrides before the options" in capsys.readouterr().err
