@@ -7,7 +7,7 @@ episode. Both start from a freshly collected heap (``gc.collect()`` before the c
 starts), so neither pays for freeing the other's garbage. Figures are medians of
 ``--repeats``. Target: every env at >= 0.4x the plain queue's simulated requests/s.
 
-    python benchmarks/bench_envs.py [--repeats 3] [--duration 1800]
+    python benchmarks/bench_envs.py [--repeats 5] [--duration 1800]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def episode(env_id: str, duration_s: float, seed: int) -> tuple[float, float, in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--duration", type=float, default=1800.0, help="simulated seconds per episode")
     args = parser.parse_args()
     print(f"default scenario, {args.duration:g} simulated s per episode, random actions, medians of {args.repeats}")
