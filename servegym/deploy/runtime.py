@@ -742,16 +742,26 @@ class _HPA(_Scaling):
         step, interval = self.step, self.interval_s
         self.step += 1
 
+        # The recommendation (replicas still starting count at zero usage, on a scale-up only).
         ratio = utilisation / self.target_utilisation
-        base = ready if ready > 0 else current
-        desired = current if abs(ratio - 1.0) <= self.tolerance else _ceil(ratio * base)
-        if ready == 0 and (float(x[at["arrival_rate_rps"]]) > 0 or float(x[at["queue_len"]]) > 0):
-            desired = max(desired, 1)
+        starting = max(current - ready, 0)
+        if ready == 0:
+            desired = current
+            if float(x[at["arrival_rate_rps"]]) > 0 or float(x[at["queue_len"]]) > 0:
+                desired = max(desired, 1)
+        elif starting == 0 or ratio <= 1.0:
+            desired = current if abs(ratio - 1.0) <= self.tolerance else _ceil(ratio * ready)
+        else:
+            ratio_all = ratio * ready / (ready + starting)
+            if abs(ratio_all - 1.0) <= self.tolerance or ratio_all < 1.0:
+                desired = current
+            else:
+                desired = max(_ceil(ratio_all * (ready + starting)), current)
 
         window = self.recommendations
         while window and (step - window[0][0]) * interval >= self.scale_down_stabilisation_s:
             window.popleft()
-        stabilised = max([desired] + [r for _, r in window]) if desired < current else desired
+        stabilised = min(current, max([desired] + [r for _, r in window])) if desired < current else desired
         window.append((step, desired))
 
         if stabilised > current:
@@ -816,6 +826,8 @@ class _KPA(_Scaling):
         desired_stable = min(max(wanted_stable, least), most)
         desired_panic = min(max(wanted_panic, least), most)
 
+        if step == 0 and ready > 1:  # Knative starts in panic above one pod: the initial scale holds
+            self.panic_since, self.max_panic = -1, ready
         if wanted_panic / pods >= self.panic_threshold:
             self.panic_since = step
         elif self.panic_since is not None and (step - self.panic_since) * self.interval_s > self.stable_window_s:

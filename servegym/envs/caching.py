@@ -106,7 +106,7 @@ class CachingEnv(PlatformEnv):
             platform = self.platform
             keys.observe(platform)
             request = decision.request
-            count, age = keys.of(platform.requests.key[request], platform.env._now)
+            count, age = keys.of(platform.requests.key[request], request)
             obs = self._admit_obs.copy()
             obs[self._admission_part] = self._features.values(request, count, age)
             return obs

@@ -196,9 +196,11 @@ class RoutingFeatures:
 def admission_layout(platform: Platform) -> Layout:
     """Features of an admission decision (writing a fresh answer into the caches).
 
-    ``key_requests`` counts earlier arrivals of the same phrasing (tenant, intent,
-    variant) and ``log_key_age_s`` the log of seconds since its previous arrival (a large
-    value when never seen): the frequency and recency signals of admission policies.
+    ``key_requests`` counts the arrivals of the same phrasing (tenant, intent, variant)
+    so far, this request's included (as TinyLFU's doorkeeper counts), and
+    ``log_key_age_s`` is the log of the seconds from the phrasing's previous arrival to
+    this request's arrival (a large value when this is its first): the frequency and
+    recency signals of admission policies.
     ``fill_<level>`` is each cache level's occupancy as a fraction of its capacity.
     """
     spec: list[tuple[str, float, float]] = [(f"tenant_{t.name}", 0.0, 1.0) for t in platform.scenario.workload.tenants]
@@ -277,7 +279,11 @@ class KeyStats:
     """Frequency and recency of each phrasing among arrivals so far, updated incrementally.
 
     ``observe(platform)`` consumes the arrivals since its last call (amortised O(1) per
-    request); ``of(key, now)`` gives (arrivals of ``key`` so far, seconds since the latest).
+    request); ``of(key, request)`` gives (arrivals of ``key`` so far, seconds from the
+    key's previous arrival to ``request``'s, :data:`NEVER_SEEN_AGE_S` for a first one).
+    The gap is taken at the request's own arrival: an admission decision comes after
+    the request was served, and the time since the key's latest arrival would then be
+    this request's own latency.
     Keys are dense (``0 .. platform.n_keys - 1``), so the counts live in flat arrays
     indexed by key: a caching env observes every arrival, and indexing costs far less
     than hashing into a dict of hundreds of thousands of mostly cold keys. ``array``
@@ -288,6 +294,7 @@ class KeyStats:
     def __init__(self) -> None:
         self.count = array("q")  # sized at the first observe(), when the key space is known
         self.last_s = array("d")
+        self.gap_s = array("d")  # per request: seconds since its key's previous arrival
         self.seen = 0
 
     def observe(self, platform: Platform) -> None:
@@ -299,13 +306,16 @@ class KeyStats:
             count.frombytes(bytes(8 * platform.n_keys))
             last_s.extend(array("d", [math.nan]) * platform.n_keys)
         R = platform.requests
-        keys, arrival_s = R.key, R.arrival_s
+        keys, arrival_s, gap_s = R.key, R.arrival_s, self.gap_s
         for i in range(seen, arrived):
             key = keys[i]
-            count[key] += 1
-            last_s[key] = arrival_s[i]
+            t = arrival_s[i]
+            n = count[key]
+            gap_s.append(t - last_s[key] if n else NEVER_SEEN_AGE_S)
+            count[key] = n + 1
+            last_s[key] = t
         self.seen = arrived
 
-    def of(self, key: int, now: float) -> tuple[int, float]:
-        n = self.count[key] if self.count else 0
-        return n, (now - self.last_s[key]) if n else NEVER_SEEN_AGE_S
+    def of(self, key: int, request: int) -> tuple[int, float]:
+        """(Arrivals of ``key`` so far, seconds from its previous arrival to ``request``'s); ``request`` has arrived."""
+        return self.count[key], self.gap_s[request]

@@ -112,7 +112,7 @@ class PolicyController:
             return builtin.admit(platform, request)
         keys = self._keys
         keys.observe(platform)
-        count, age_s = keys.of(platform.requests.key[request], platform.now)
+        count, age_s = keys.of(platform.requests.key[request], request)
         action = self.admission.act(admission_features(platform, request, count, age_s))
         k = _integer(action, "admission", f"0 (store nothing) or a level 1..{platform.n_levels}")
         if not 0 <= k <= platform.n_levels:

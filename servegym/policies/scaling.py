@@ -166,11 +166,15 @@ class HPA(ScalingPolicy):
     1. Recommendation: ``ceil(ready_replicas * utilisation / target_utilisation)``
        (utilisation is the mean over ready replicas, as for a resource metric). When
        ``|utilisation / target_utilisation - 1| <= tolerance`` (default 0.1) the current
-       scale ``target_replicas`` is kept. With no ready replica the current scale stands
-       in for it, and any arrival or queued request asks for at least one replica.
+       scale ``target_replicas`` is kept. Replicas still starting count only on a
+       scale-up, at zero usage: if the ratio over all replicas is then within the
+       tolerance or below 1, the current scale is kept, and a scale-up never lowers it.
+       With no ready replica there is no metric and the current scale stays, except that
+       any arrival or queued request asks for at least one replica.
     2. Scale-down stabilisation: a recommendation below the current scale is replaced by
        the highest recommendation of the last ``scale_down_stabilisation_s`` seconds
-       (default 300 s, this one included), so a brief dip never sheds replicas.
+       (default 300 s, this one included), capped at the current scale, so a brief dip
+       never sheds replicas and a fall in load never adds any.
     3. Scale-up rate: at most ``max(start + scale_up_pods, ceil(start * (1 +
        scale_up_percent / 100)))`` replicas, where ``start`` is the current scale minus
        the replicas this policy added during the last ``scale_up_period_s`` (defaults
@@ -221,15 +225,29 @@ class HPA(ScalingPolicy):
         self._scale_ups.clear()
 
     def _recommend(self, features: dict[str, float]) -> int:
-        """Step 1: the replica count the metric asks for, before stabilisation and limits."""
+        """Step 1: the replica count the metric asks for, before stabilisation and limits.
+
+        Kubernetes' ``GetResourceReplicas``: the usage ratio is over the ready replicas.
+        Within the tolerance the scale stays. Replicas still starting (the target minus
+        the ready ones) count only when the ratio asks to scale up, and then at zero
+        usage: if that flips the direction or lands within the tolerance, the scale stays
+        (the new replicas may be enough), and it never goes down on a scale-up.
+        """
         current = round(features["target_replicas"])
         ready = round(features["ready_replicas"])
         ratio = features["utilisation"] / self.target_utilisation
-        base = ready if ready > 0 else current
-        desired = current if abs(ratio - 1.0) <= self.tolerance else _ceil(ratio * base)
-        if ready == 0 and (features["arrival_rate_rps"] > 0 or features["queue_len"] > 0):
-            desired = max(desired, 1)
-        return desired
+        if ready == 0:
+            desired = current
+            if features["arrival_rate_rps"] > 0 or features["queue_len"] > 0:
+                desired = max(desired, 1)
+            return desired
+        starting = max(current - ready, 0)
+        if starting == 0 or ratio <= 1.0:
+            return current if abs(ratio - 1.0) <= self.tolerance else _ceil(ratio * ready)
+        ratio_all = ratio * ready / (ready + starting)  # the starting replicas at zero usage
+        if abs(ratio_all - 1.0) <= self.tolerance or ratio_all < 1.0:
+            return current
+        return max(_ceil(ratio_all * (ready + starting)), current)
 
     def act(self, observation: np.ndarray) -> int:
         features = self._features(observation)
@@ -241,7 +259,9 @@ class HPA(ScalingPolicy):
         window = self._recommendations
         while window and (step - window[0][0]) * interval >= self.scale_down_stabilisation_s:
             window.popleft()
-        stabilised = max([desired] + [r for _, r in window]) if desired < current else desired
+        # Kubernetes' stabilizeRecommendationWithBehaviors: on the way down, the highest
+        # recommendation of the window, but never more than the current scale.
+        stabilised = min(current, max([desired] + [r for _, r in window])) if desired < current else desired
         window.append((step, desired))
 
         if stabilised > current:
@@ -281,6 +301,9 @@ class KPA(ScalingPolicy):
       (default 2.0, Knative's 200 %) times the ready replicas. In panic mode the larger
       of the two windows' counts is used and the scale never goes down; the mode ends
       once a whole stable window has passed without the panic condition.
+    * like Knative's ``newAutoscaler``, it starts in panic mode when more than one
+      replica is ready at its first decision: the initial scale holds until a stable
+      window of data has been seen (from the start of the run).
     """
 
     _needs = ("utilisation", "ready_replicas", "queue_len")
@@ -354,6 +377,10 @@ class KPA(ScalingPolicy):
         desired_stable = min(max(wanted_stable, least), most)
         desired_panic = min(max(wanted_panic, least), most)
 
+        if step == 0 and ready > 1:
+            # Knative starts in panic mode above one pod (newAutoscaler): without a stable
+            # window of data yet, the current scale holds until one has passed.
+            self._panic_since, self._max_panic = -1, ready
         if wanted_panic / pods >= self.panic_threshold:
             self._panic_since = step
         elif self._panic_since is not None and (step - self._panic_since) * self.interval_s > self.stable_window_s:

@@ -138,25 +138,25 @@ class OracleRouter(_BuiltinFallback):
     request's token cost on the backend (its prompt and output tokens at the backend's
     prices, known in advance to the oracle), the lowest output price whenever backends'
     input and output prices rank alike; ties go to the lower index. A request no backend
-    answers well goes to the most capable one. Failures and timeouts are not foreseen.
+    answers well goes to the cheapest backend for it: its answer is bad wherever it goes,
+    so the oracle pays the least it can for it. Failures and timeouts are not foreseen.
     Admission, scaling and the threshold follow :class:`BuiltinController`.
     """
-
-    def _prepare(self, platform: Platform, builtin: BuiltinController) -> None:
-        self._strongest = builtin.strongest
 
     def route(self, platform: Platform, request: int) -> int:
         self._bind(platform)
         R = platform.requests
         difficulty, u = R.difficulty[request], R.u_quality[request]
         prompt, output = R.prompt_tokens[request], R.output_tokens[request]
-        best, best_usd = self._strongest, math.inf
+        good, good_usd = -1, math.inf  # the cheapest backend that answers well
+        cheapest, cheapest_usd = 0, math.inf  # the cheapest of all
         for b, backend in enumerate(platform.backends):
-            if u < backend.p_good(difficulty):
-                usd = prompt * backend.usd_in + output * backend.usd_out
-                if usd < best_usd:
-                    best, best_usd = b, usd
-        return best
+            usd = prompt * backend.usd_in + output * backend.usd_out
+            if usd < cheapest_usd:
+                cheapest, cheapest_usd = b, usd
+            if usd < good_usd and u < backend.p_good(difficulty):
+                good, good_usd = b, usd
+        return good if good >= 0 else cheapest
 
 
 class ClairvoyantScaler(_BuiltinFallback):

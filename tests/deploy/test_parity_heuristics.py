@@ -112,3 +112,29 @@ def test_hpa_parameters_are_readable_in_the_spec(recorded: Recorded, tmp_path: P
     assert spec["action"]["valid_range"] == [recorded.scenario.pool.min_replicas, recorded.scenario.pool.max_replicas]
     assert [f["name"] for f in spec["features"]] == list(recorded.interval_layout.names)
     assert spec["features"][0]["unit"] == "requests/s"
+
+
+@pytest.mark.parametrize("kind", ["hpa", "kpa"])
+def test_scaling_parity_on_random_pool_states(recorded: Recorded, tmp_path: Path, kind: str) -> None:
+    """Pool states a recorded run rarely shows: replicas still starting, surges, idle pools, none ready."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    layout = recorded.interval_layout
+    observations = np.zeros((3_000, len(layout)), dtype=np.float32)
+    ready = rng.integers(0, 12, len(observations))
+    observations[:, layout.index["ready_replicas"]] = ready
+    observations[:, layout.index["target_replicas"]] = ready + rng.integers(0, 6, len(observations))
+    observations[:, layout.index["utilisation"]] = rng.choice([0.0, 0.2, 0.5, 0.7, 0.9, 1.0], len(observations))
+    observations[:, layout.index["queue_len"]] = rng.choice([0, 0, 3, 40], len(observations))
+    observations[:, layout.index["arrival_rate_rps"]] = rng.choice([0.0, 2.0], len(observations))
+
+    def build() -> Any:
+        cls = HPA if kind == "hpa" else KPA
+        return cls(**scaling_kwargs(recorded.scenario))
+
+    policy = build()
+    expected = [policy.act(o) for o in observations]
+    assert len(set(expected)) > 2  # the decision varies along the sequence
+    bundle = runtime.load(export_policy(build(), tmp_path / kind))
+    assert [bundle.decide(o) for o in observations] == expected

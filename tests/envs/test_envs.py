@@ -193,6 +193,33 @@ def test_per_step_feature_builders_equal_the_shared_feature_functions() -> None:
             assert np.array_equal(built, admission_features(platform, request, count, age_s))
 
 
+def test_caching_observation_counts_the_phrasing_and_its_gap_to_the_previous_arrival() -> None:
+    """key_requests: arrivals of the phrasing so far (this one included); log_key_age_s: the
+    seconds from its previous arrival to this request's, worked out here from the records."""
+    from servegym.envs.features import NEVER_SEEN_AGE_S
+
+    env = make("servegym/Caching-v0", duration_s=300.0, overrides=["workload.rate_rps=20.0"])
+    unwrapped: Any = env.unwrapped
+    at = unwrapped.layout.index
+    obs, _ = env.reset(seed=3)
+    env.action_space.seed(3)
+    checked, repeats, done = 0, 0, False
+    while not done:
+        decision = unwrapped._decision
+        if decision is not None and decision.kind == "admit":
+            R = unwrapped.platform.requests
+            i, key = decision.request, R.key[decision.request]
+            earlier = [j for j in range(i) if R.key[j] == key]
+            so_far = sum(1 for j in range(R.arrived) if R.key[j] == key)
+            gap = R.arrival_s[i] - R.arrival_s[earlier[-1]] if earlier else NEVER_SEEN_AGE_S
+            assert obs[at["key_requests"]] == so_far >= 1
+            assert obs[at["log_key_age_s"]] == np.float32(np.log1p(gap))
+            checked, repeats = checked + 1, repeats + bool(earlier)
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        done = terminated or truncated
+    assert checked > 100 and repeats > 10  # phrasings seen before are part of the check
+
+
 @pytest.mark.parametrize(
     ("env_id", "good", "bad"),
     [

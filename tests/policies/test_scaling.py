@@ -110,6 +110,32 @@ def test_hpa_stabilisation_window_holds_the_highest_recommendation_during_scale_
     assert out[25:] == [5] * 11
 
 
+def test_hpa_stabilisation_never_raises_the_scale_on_the_way_down() -> None:
+    # A capped surge leaves a raw recommendation of 20 in the window while the scale is 6;
+    # when the load falls, Kubernetes keeps min(current, highest in the window) = 6, not 20.
+    hpa = HPA(**common(target_utilisation=0.1))
+    assert hpa.act(steady(2, 1.0)) == 6  # raw 20, capped at max(2 + 4, 2 * 2)
+    assert hpa.act(obs(ready_replicas=2, target_replicas=6, utilisation=0.0)) == 6
+    assert hpa.act(obs(ready_replicas=6, target_replicas=6, utilisation=0.0)) == 6
+
+
+def test_hpa_counts_starting_replicas_at_zero_on_a_scale_up() -> None:
+    # 4 ready at 0.9 of a 0.7 target, 6 more starting: over all 10 the ratio is 1.286 * 4 / 10 = 0.51,
+    # the direction flips, so Kubernetes keeps 10 (it never scales down on a scale-up signal).
+    assert HPA(**common(target_utilisation=0.7)).act(obs(ready_replicas=4, target_replicas=10, utilisation=0.9)) == 10
+    # 4 ready at 1.0 of a 0.2 target, 2 starting: 5 * 4 / 6 = 3.33 over all 6 asks for 20, and the
+    # scale-up limit from 6 allows max(6 + 4, 2 * 6) = 12.
+    assert HPA(**common(target_utilisation=0.2)).act(obs(ready_replicas=4, target_replicas=6, utilisation=1.0)) == 12
+    # Scale-down ignores the starting replicas: ceil(4 * 0.35 / 0.7) = 2.
+    hpa = HPA(**common(target_utilisation=0.7, scale_down_stabilisation_s=0.0))
+    assert hpa.act(obs(ready_replicas=4, target_replicas=10, utilisation=0.35)) == 2
+
+
+def test_hpa_keeps_the_scale_with_nothing_ready_to_measure() -> None:
+    # All 5 replicas still starting and a queue: no metric, the scale stays (not ceil(5 * 1.43) = 8).
+    assert HPA(**common(target_utilisation=0.7)).act(obs(target_replicas=5, utilisation=1.0, queue_len=3)) == 5
+
+
 def test_hpa_scale_up_is_not_stabilised() -> None:
     hpa = HPA(**common(target_utilisation=0.7))
     assert hpa.act(steady(10, 0.35)) == 5
@@ -178,8 +204,23 @@ def test_kpa_default_target_is_seventy_percent_of_slots() -> None:
 
 def test_kpa_steady_state_desires_observed_over_target() -> None:
     policy = kpa()
-    assert [policy.act(concurrency(4, 8.0)) for _ in range(3)] == [4, 4, 4]
-    assert not policy.in_panic
+    assert [policy.act(concurrency(4, 8.0)) for _ in range(6)] == [4] * 6
+    assert not policy.in_panic  # the start's panic mode ended after its stable window
+
+
+def test_kpa_starts_in_panic_above_one_replica_and_holds_the_initial_scale_for_a_stable_window() -> None:
+    # Knative's newAutoscaler: panic from the start when more than one pod is ready. Decisions
+    # come at 15, 30, 45, 60 s (inside the 60 s stable window from the start: 10 held), then 75 s.
+    policy = kpa()
+    held = []
+    for _ in range(4):
+        held.append(policy.act(concurrency(10, 0.0)))
+        assert policy.in_panic
+    assert held == [10] * 4
+    assert policy.act(concurrency(10, 0.0)) == 5  # panic over: wants 0, at most halves
+    assert not panicking(policy)
+    single = kpa()
+    assert single.act(concurrency(1, 0.0)) == 1 and not single.in_panic  # one pod: normal behaviour
 
 
 def test_kpa_enters_panic_when_concurrency_doubles_within_the_panic_window() -> None:
@@ -222,7 +263,8 @@ def test_kpa_never_scales_down_in_panic_and_leaves_after_a_calm_stable_window() 
 
 
 def test_kpa_scale_down_rate_and_bounds() -> None:
-    assert kpa().act(concurrency(10, 0.0)) == 5  # wants 0, at most halves
+    policy = kpa()
+    assert [policy.act(concurrency(10, 0.0)) for _ in range(5)][-1] == 5  # after the start's panic: halves
     assert kpa(max_replicas=6).act(concurrency(4, 16.0, queue=24)) == 6
     assert kpa(min_replicas=0).act(obs()) == 0  # nothing ready, nothing to serve
 
