@@ -120,9 +120,7 @@ def build_checked(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]
         p for p, spec in signature.parameters.items() if spec.default is inspect.Parameter.empty and p not in kwargs
     ]
     if missing:
-        raise ValueError(
-            f"policy {name!r} needs the argument {missing[0]!r} (on the command line: --param {name}.{missing[0]}=...)"
-        )
+        raise ValueError(f"policy {name!r} needs the argument {missing[0]!r}: it has no default")
     try:
         return factory(**kwargs)
     except ValueError:
