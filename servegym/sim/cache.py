@@ -354,6 +354,11 @@ class ExactTier:
         return len(self.store.entries)
 
 
+# A float32 similarity this close to 1 is an identical phrasing (a unit vector's product
+# with itself rounds to either side of 1): it meets any threshold, 1.0 included.
+_IDENTICAL = 1.0 - 1e-6
+
+
 class SemanticTier:
     """Embedding-similarity cache, partitioned by tenant in proportion to traffic weight.
 
@@ -394,6 +399,16 @@ class SemanticTier:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def threshold(self) -> float:
+        """The cosine similarity a hit needs, in (0, 1]."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = value
+        self._cut = min(value, _IDENTICAL)  # what lookup() compares with
+
     def lookup(self, tenant: int, query: np.ndarray, now: float) -> int:
         """Row of the best stored match for ``query`` at or above the threshold, or -1."""
         emb = self.emb[tenant]
@@ -405,7 +420,7 @@ class SemanticTier:
             # ndarray.argmax is a C method (max() goes through a Python wrapper): one
             # reduction answers both "any match?" and "which row?".
             row = int(sims.argmax())
-            if sims[row] < self.threshold:  # most lookups miss
+            if sims[row] < self._cut:  # most lookups miss
                 return -1
             if self.expires[tenant][row] > now:
                 self.recency[tenant].move_to_end(row)

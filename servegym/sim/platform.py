@@ -265,6 +265,7 @@ class Platform:
         self._slo_s = [t.slo_latency_s for t in scenario.workload.tenants]
         self._latencies: list[float] = []  # of requests completed in the current interval
         self._iv = _IntervalStart(self)
+        self._ended = False  # the scenario's end was reached and its last interval recorded
 
         self._batches: Iterator[RequestBatch] = self.workload.batches(scenario.duration_s)
         tiers: dict[str, ExactTier | SemanticTier] = {t.name: t for t in self.tiers}
@@ -311,6 +312,8 @@ class Platform:
             if not queue or queue[0][0] >= end:
                 if env._now < end:
                     env.run(until=end)
+                if end >= self.scenario.duration_s:
+                    self._close_last_interval(end)
                 return None
             if len(queue[0]) == 5:
                 env._now, _, _, handler, request = heappop(queue)
@@ -374,7 +377,8 @@ class Platform:
             if self._promote:
                 for upper in self.tiers[:level]:
                     if not upper.down:
-                        upper.put(key, (*entry[:3], now + upper.ttl_s), now)
+                        # The copy lives by the upper tier's TTL, never past the entry it copies.
+                        upper.put(key, (*entry[:3], min(entry[3], now + upper.ttl_s)), now)
             R.source_tenant[i] = entry[0]
             R.good[i] = entry[2]
             self._answer_from_cache(i, level, latency)
@@ -593,6 +597,19 @@ class Platform:
                 if threshold is not None:
                     self.semantic.threshold = self._check_threshold(threshold)
 
+    def _close_last_interval(self, end: float) -> None:
+        """At the scenario's end, record the interval since the last control tick (once).
+
+        A tick falling exactly on the end belongs to the next run (as with ``run(until=)``),
+        so without this the run's last interval, full or partial, would never be recorded
+        and the intervals would not add up to the run's totals. No decision is asked for:
+        nothing could follow it.
+        """
+        last = self.intervals[-1].time_s if self.intervals else 0.0
+        if not self._ended and end > last:
+            self._ended = True
+            self._close_interval(end - last)
+
     def _defer(self, kind: str, metrics: IntervalMetrics) -> simpy.Event:
         event = self.env.event()
         self.pending.append(Decision(kind, -1, metrics, event))
@@ -708,4 +725,4 @@ class _IntervalStart:
         self.false_hits = platform.false_hits
         self.busy_area = platform.pool.busy_area
         self.capacity_area = platform.pool.capacity_area
-        self.cost_usd = platform.replica_usd() + platform.token_usd
+        self.cost_usd = platform.cost_usd()  # replicas, tokens and cache storage, as the KPIs count

@@ -176,6 +176,9 @@ class IntervalMetrics:
     ``hits`` counts hits per level (exact tiers, then the semantic tier).
     ``slo_violations`` counts requests finished in the interval that missed their tenant's
     SLO (drops and failures included); ``good_answers`` completed requests answered well.
+    ``cost_usd`` is everything billed in the interval: replicas, tokens and cache storage.
+    The run's last interval ends at the scenario's end (``interval_s`` may be shorter) and
+    comes with no decision; the intervals add up to the run's totals.
     """
 
     time_s: float

@@ -155,3 +155,37 @@ def test_platform_tiers_stay_within_capacity(small_scenario: ScenarioConfig, pol
         assert tier.store.evictions > 0, tier.name
     assert platform.semantic.evictions > 0
     assert len(platform.semantic) == sum(platform.semantic.capacities)
+
+
+def test_an_identical_phrasing_meets_a_threshold_of_one() -> None:
+    """A unit vector's float32 product with itself can round below 1: it must still match at 1.0."""
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        query = rng.standard_normal(32).astype(np.float32)
+        query /= np.linalg.norm(query)
+        if query.dot(query) < 1.0:
+            break
+    assert query.dot(query) < 1.0  # the case is real, not hypothetical
+    tier = SemanticTier(SemanticCacheConfig(capacity=4, threshold=1.0), [1.0], 32)
+    tier.put(0, 7, query, 3, True, 0.0)
+    assert tier.lookup(0, query, 1.0) >= 0
+    other = rng.standard_normal(32).astype(np.float32)
+    assert tier.lookup(0, other / np.linalg.norm(other), 1.0) == -1
+
+
+def test_a_promoted_copy_never_outlives_the_entry_it_copies(small_scenario: ScenarioConfig) -> None:
+    """A hit in a slower tier is copied into the faster ones with their TTL, capped at the original's."""
+    tiers = (
+        CacheTierConfig(name="memory", capacity=10, latency_s=0.001, ttl_s=10.0),
+        CacheTierConfig(name="redis", capacity=10, latency_s=0.002, ttl_s=100.0),
+    )
+    cache = CacheConfig(tiers=tiers, semantic=SemanticCacheConfig(enabled=False), promote_on_hit=True)
+    platform = Platform(dataclasses.replace(small_scenario, cache=cache))
+    R = platform.requests
+    key, tenant, intent = R.key[0], R.tenant[0], R.intent[0]
+    memory, redis = platform.tiers
+    redis.put(key, (tenant, intent, True, 100.0), 0.0)  # written at 0 s with redis's 100 s TTL
+    platform.env._now = 95.0  # the first request arrives at 95 s: a redis hit, promoted to memory
+    platform._on_arrival(0)
+    assert R.hit_level[0] == 1
+    assert memory.store.get(key)[3] == 100.0  # not 95 + 10

@@ -40,7 +40,7 @@ def test_simulate_writes_csv_telemetry(tmp_path: Path, capsys: pytest.CaptureFix
     assert {"arrival_s", "tenant", "outcome", "hit_level", "cost_usd"} <= set(rows[0])
     with (out / "intervals.csv").open() as handle:
         intervals = list(csv.DictReader(handle))
-    assert len(intervals) == 3  # 15 s control intervals; the one closing exactly at 60 s is not run
+    assert len(intervals) == 4  # 15 s control intervals; the last, closing at the 60 s end, is recorded too
     assert {"hits_memory", "hits_semantic", "target_replicas"} <= set(intervals[0])
 
     # The resolved scenario is written back and loads again, with the overrides applied.
@@ -84,7 +84,7 @@ def test_parquet_format(tmp_path: Path) -> None:
     requests = pq.read_table(out / "requests.parquet")
     assert requests.num_rows == _kpis(out)["all"]["requests"]
     assert requests.schema.field("outcome").type.bit_width == 8
-    assert pq.read_table(out / "intervals.parquet").num_rows == 3
+    assert pq.read_table(out / "intervals.parquet").num_rows == 4
     assert not (out / "requests.csv").exists()
 
 

@@ -81,3 +81,22 @@ def test_request_frame_holds_only_arrived_requests(small_scenario: ScenarioConfi
     cols = platform.requests.frame()
     assert len(cols["arrival_s"]) == platform.arrived
     assert np.all(cols["arrival_s"] <= platform.now)
+
+
+def test_intervals_add_up_to_the_run(stressed_scenario: ScenarioConfig) -> None:
+    """Every interval is recorded, the last one (closing at the scenario's end) included."""
+    import dataclasses
+
+    interval = stressed_scenario.control.interval_s
+    for duration in (12 * interval, 12.5 * interval):  # ending on a control tick, and between two
+        scenario = dataclasses.replace(stressed_scenario, duration_s=duration)
+        platform = Platform(scenario)
+        platform.run()
+        platform.run()  # a second call records nothing more
+        intervals = platform.intervals
+        assert len(intervals) == (12 if duration == 12 * interval else 13) and intervals[-1].time_s == duration
+        assert sum(m.interval_s for m in intervals) == duration
+        assert sum(m.arrivals for m in intervals) == platform.arrived
+        assert sum(m.completed for m in intervals) == platform.completed
+        assert sum(m.dropped for m in intervals) == platform.dropped
+        assert np.isclose(sum(m.cost_usd for m in intervals), platform.cost_usd(), rtol=1e-9)

@@ -92,3 +92,16 @@ def test_reading_the_cost_changes_nothing(stressed_scenario: ScenarioConfig) -> 
     assert read_often.storage_usd() > 0
     assert read_often.cost_usd() == read_once.cost_usd()
     assert read_often.kpis() == read_once.kpis()
+
+
+def test_interval_costs_include_cache_storage(small_scenario: ScenarioConfig) -> None:
+    """Interval cost is what the KPIs and the env reward count: replicas, tokens and storage."""
+    import dataclasses
+
+    cache = small_scenario.cache
+    billed = dataclasses.replace(cache, semantic=dataclasses.replace(cache.semantic, usd_per_entry_hour=0.01))
+    platform = Platform(dataclasses.replace(small_scenario, cache=billed))
+    platform.run()
+    assert platform.storage_usd() > 0
+    assert np.isclose(sum(m.cost_usd for m in platform.intervals), platform.cost_usd(), rtol=1e-9)
+    assert np.isclose(platform.cost_usd(), platform.kpis()["all"]["cost_usd"], rtol=1e-9)
