@@ -46,7 +46,6 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
-import servegym.envs
 from servegym.agents.io import layout_from_json, layout_to_json
 from servegym.envs.features import Layout
 from servegym.sim.config import ConfigError
@@ -225,7 +224,7 @@ def make_vec_env(
 
     def factory(rank: int) -> Callable[[], gym.Env[Any, Any]]:
         def make() -> gym.Env[Any, Any]:
-            env: gym.Env[Any, Any] = servegym.envs.make(env_id, **dict(env_kwargs))
+            env: gym.Env[Any, Any] = gym.make(env_id, **dict(env_kwargs))
             if algo == "sac" and isinstance(env.action_space, spaces.Discrete):
                 env = DiscreteAsBox(env)
             env = Monitor(env)

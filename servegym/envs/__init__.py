@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 
 from servegym.envs.autoscaling import AutoscalingEnv
@@ -24,7 +22,6 @@ __all__ = [
     "PlatformControlEnv",
     "PlatformEnv",
     "RoutingEnv",
-    "make",
     "resolve_scenario",
 ]
 
@@ -44,7 +41,3 @@ for _id, _entry in (
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_entry)
 
-
-def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
-    """``gymnasium.make`` for a servegym id; calling it through this module guarantees the ids are registered."""
-    return gym.make(env_id, **kwargs)

@@ -80,7 +80,6 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-import servegym.envs
 from servegym.agents.admission import CachingEnvPolicy, LearnedAdmission
 from servegym.agents.io import load_policy, save_policy
 from servegym.agents.sb3 import (
@@ -269,7 +268,7 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
             raise ConfigError(f"episode_duration_s = {duration!r} is invalid: must be a positive number or null")
         env_kwargs["duration_s"] = float(duration)
     try:
-        probe = servegym.envs.make(env_id, scenario=scenario, **env_kwargs)
+        probe = gym.make(env_id, scenario=scenario, **env_kwargs)
     except TypeError as exc:
         raise ConfigError(f"env.kwargs: {env_id} rejected them: {exc}") from exc
     except ConfigError as exc:
@@ -326,7 +325,7 @@ def evaluate_in_env(
     """
     out: list[dict[str, float]] = []
     for seed in seeds:
-        env = servegym.envs.make(env_id, **dict(env_kwargs))
+        env = gym.make(env_id, **dict(env_kwargs))
         policy.reset()
         obs, info = env.reset(seed=int(seed))
         done = "kpis" in info
@@ -632,7 +631,7 @@ def _teacher(v: Validated, env: gym.Env[Any, Any], workdir: Path) -> Policy:
 
 def _prepare_sklearn(v: Validated, workdir: Path) -> tuple[Any, gym.Env[Any, Any]]:
     """The scikit-learn learner (its constructor checks the argument values) and the env it fits on."""
-    env = servegym.envs.make(v.env_id, scenario=v.scenario, **v.env_kwargs)
+    env = gym.make(v.env_id, scenario=v.scenario, **v.env_kwargs)
     extra: dict[str, Any] = {}
     try:
         if v.agent.get("name") == "distill":

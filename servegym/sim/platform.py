@@ -265,7 +265,6 @@ class Platform:
         self._slo_s = [t.slo_latency_s for t in scenario.workload.tenants]
         self._latencies: list[float] = []  # of requests completed in the current interval
         self._iv = _IntervalStart(self)
-        self._ended = False  # the scenario's end was reached and its last interval recorded
 
         self._batches: Iterator[RequestBatch] = self.workload.batches(scenario.duration_s)
         tiers: dict[str, ExactTier | SemanticTier] = {t.name: t for t in self.tiers}
@@ -598,7 +597,7 @@ class Platform:
                     self.semantic.threshold = self._check_threshold(threshold)
 
     def _close_last_interval(self, end: float) -> None:
-        """At the scenario's end, record the interval since the last control tick (once).
+        """At the scenario's end, record the interval since the last recorded one (once: then it ends at ``end``).
 
         A tick falling exactly on the end belongs to the next run (as with ``run(until=)``),
         so without this the run's last interval, full or partial, would never be recorded
@@ -606,8 +605,7 @@ class Platform:
         nothing could follow it.
         """
         last = self.intervals[-1].time_s if self.intervals else 0.0
-        if not self._ended and end > last:
-            self._ended = True
+        if end > last:
             self._close_interval(end - last)
 
     def _defer(self, kind: str, metrics: IntervalMetrics) -> simpy.Event:
