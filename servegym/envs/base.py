@@ -5,12 +5,15 @@ An environment owns a :class:`~servegym.sim.platform.Platform` whose controller 
 :data:`~servegym.sim.platform.DEFER` for the decisions the agent makes; ``step`` resolves
 the pending decision with the action and runs the simulation to the next one.
 
-The reward is the negative cost of what finished since the previous step, in US
-dollars: ``-(cost_weight * usd + slo_weight * slo_violations + quality_weight *
-bad_answers)``, where ``usd`` is everything billed in between (replicas, tokens,
-storage), ``slo_violations`` counts finished requests that missed their tenant's SLO
-(drops included) and ``bad_answers`` completed requests with a wrong answer. The
-weights say what one violation or one bad answer is worth in dollars.
+The reward is the negative objective (:mod:`servegym.sim.objective`) of what finished
+since the previous step, in US dollars: ``-(cost_weight * usd + slo_weight *
+slo_violations + quality_weight * bad_answers + drop_weight * drops)``, where ``usd`` is
+everything billed in between (replicas, tokens, storage), ``slo_violations`` counts
+finished requests that missed their tenant's SLO (drops included), ``bad_answers``
+completed requests with a wrong answer and ``drops`` requests dropped or failed. The
+weights say what one violation, bad answer or drop is worth in dollars; left unset they
+are the scenario's objective prices (``scenario.objective``), so an episode's return is
+minus the objective that ``servegym evaluate`` and ``compare`` rank by.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from servegym.sim.objective import Prices
 from servegym.sim.config import ConfigError, ScenarioConfig, apply_overrides, load_scenario, scenario_from_dict
 from servegym.sim.platform import DEFER, BuiltinController, Decision, Platform
 from servegym.sim.telemetry import IntervalMetrics
@@ -119,15 +123,21 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         overrides: Sequence[str] = (),
         duration_s: float | None = None,
         cost_weight: float = 1.0,
-        slo_weight: float = 0.01,
-        quality_weight: float = 0.005,
+        slo_weight: float | None = None,
+        quality_weight: float | None = None,
+        drop_weight: float | None = None,
     ) -> None:
         for name, value in (
             ("cost_weight", cost_weight),
             ("slo_weight", slo_weight),
             ("quality_weight", quality_weight),
+            ("drop_weight", drop_weight),
         ):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if value is None and name != "cost_weight":
+                continue
+            if not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            ):
                 raise ConfigError(f"{type(self).__name__}.{name} = {value!r} is invalid: must be a finite number >= 0")
         self._init_args: dict[str, Any] = {
             "scenario": scenario,
@@ -136,6 +146,7 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
             "cost_weight": cost_weight,
             "slo_weight": slo_weight,
             "quality_weight": quality_weight,
+            "drop_weight": drop_weight,
         }
         self.scenario = resolve_scenario(scenario, overrides, duration_s)
         interval = self.scenario.control.interval_s
@@ -145,16 +156,25 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
                 f"comes after one control interval ({interval:g} s), so duration_s must be longer than that"
             )
         self.cost_weight = float(cost_weight)
-        self.slo_weight = float(slo_weight)
-        self.quality_weight = float(quality_weight)
         self.platform = self._new_platform(self.scenario.seed)
+        scenario_prices = self.platform.prices
+        self.prices = Prices(
+            scenario_prices.slo_miss_usd if slo_weight is None else float(slo_weight),
+            scenario_prices.bad_answer_usd if quality_weight is None else float(quality_weight),
+            scenario_prices.drop_usd if drop_weight is None else float(drop_weight),
+            scenario_prices.drop_derived and drop_weight is None,
+        )
+        """The reward's prices: the scenario's objective, with the weights given as arguments in its place."""
+        self.slo_weight = self.prices.slo_miss_usd
+        self.quality_weight = self.prices.bad_answer_usd
+        self.drop_weight = self.prices.drop_usd
         self._decision: Decision | None = None
         self._platform_seed = self.scenario.seed
         # The episode's actions, for pickling by replay. A MultiDiscrete action's ints are
         # stored flat (see step()): a list per step would be a garbage-collected container
         # per step, and tens of thousands of them make the cyclic GC run twice as often.
         self._actions: list[Any] = []
-        self._totals = (0.0, 0, 0)
+        self._totals = (0.0, 0, 0, 0)
         self._bounds_of: gym.Space[Any] | None = None
         self._bounds: list[tuple[int, int]] | None = None
 
@@ -186,12 +206,10 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         p = self.platform
         usd = p.cost_usd()
         bad = p.completed - p.good_answers
-        last_usd, last_slo, last_bad = self._totals
-        self._totals = (usd, p.slo_violations, bad)
-        return -(
-            self.cost_weight * (usd - last_usd)
-            + self.slo_weight * (p.slo_violations - last_slo)
-            + self.quality_weight * (bad - last_bad)
+        last_usd, last_slo, last_bad, last_drops = self._totals
+        self._totals = (usd, p.slo_violations, bad, p.dropped)
+        return -self.prices.usd(
+            self.cost_weight * (usd - last_usd), p.slo_violations - last_slo, bad - last_bad, p.dropped - last_drops
         )
 
     def _info(self, done: bool) -> dict[str, Any]:
@@ -211,7 +229,7 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         self._platform_seed = int(self.np_random.integers(0, 2**31 - 1))
         self.platform = self._new_platform(self._platform_seed)
         self._actions = []
-        self._totals = (0.0, 0, 0)
+        self._totals = (0.0, 0, 0, 0)
         self._on_reset()
         decision = self._advance()
         if decision is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "ControlConfig",
     "FaultConfig",
     "FlashCrowd",
+    "ObjectiveConfig",
     "PoolConfig",
     "ScenarioConfig",
     "SemanticCacheConfig",
@@ -470,6 +472,40 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class ObjectiveConfig:
+    """What one run is worth, in US dollars: the one number every verdict minimises.
+
+    ``objective = cost + slo_miss_usd * SLO misses + bad_answer_usd * bad answers +
+    drop_usd * (dropped + failed requests)``, where cost is everything billed (replicas,
+    tokens, cache storage), an SLO miss is a finished request outside its tenant's SLO
+    (drops and failures included) and a bad answer a completed request answered wrongly.
+    Environment rewards (their negative, step by step), ``servegym evaluate``, ``compare``,
+    the leaderboard, tuning and the headline benchmark all compute it through
+    :mod:`servegym.sim.objective`.
+
+    A dropped or failed request is a user turned away. Priced only as an SLO miss it costs
+    less than serving it (it uses no tokens and no slot time), so a policy could win by
+    refusing work. ``drop_usd: null`` (the default) therefore derives the price from the
+    scenario: one cent more than the most that serving any one request can cost — its
+    largest possible prompt and output (the tenants' token caps, or a replayed trace's
+    largest row) at the most expensive backend's prices, a slot held for the longest
+    backend timeout, and a bad answer. Dropping is then strictly worse than serving at the
+    most expensive backend, for every request. Set a number to price drops yourself.
+    """
+
+    slo_miss_usd: float = 0.01
+    bad_answer_usd: float = 0.005
+    drop_usd: float | None = None
+
+    def __post_init__(self) -> None:
+        owner = "objective"
+        _check_nonneg(owner, "slo_miss_usd", self.slo_miss_usd)
+        _check_nonneg(owner, "bad_answer_usd", self.bad_answer_usd)
+        if self.drop_usd is not None:
+            _check_nonneg(owner, "drop_usd", self.drop_usd)
+
+
+@dataclass(frozen=True)
 class ScenarioConfig:
     """A whole scenario: what arrives, what serves it, and for how long."""
 
@@ -482,6 +518,7 @@ class ScenarioConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     faults: tuple[FaultConfig, ...] = ()
     control: ControlConfig = field(default_factory=ControlConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self) -> None:
         owner = "scenario"
@@ -508,6 +545,9 @@ class ScenarioConfig:
 
 
 T = TypeVar("T")
+
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+"""A decimal number as YAML 1.2 writes it (``1e-05``, ``2E3``, ``.5``)."""
 
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
@@ -552,6 +592,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} = {value!r} is invalid: must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            # PyYAML reads YAML 1.1, where 1e-05 (no dot) is a string; YAML 1.2 and Hydra read a float.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} = {value!r} is invalid: must be a number")
         return float(value)

@@ -40,6 +40,7 @@ from servegym.sim.backends import OK, Backend
 from servegym.sim.cache import ExactTier, SemanticTier
 from servegym.sim.config import ControlConfig, ScenarioConfig
 from servegym.sim.faults import schedule_faults
+from servegym.sim.objective import Prices, resolve_prices
 from servegym.sim.pool import Pool
 from servegym.sim.random import Streams
 from servegym.sim.telemetry import (
@@ -210,6 +211,13 @@ class Platform:
         )
         # The world (intent catalogues) is the scenario's; the run's seed draws the requests.
         self.workload = Workload(scenario.workload, self.streams, trace, catalogue_seed=scenario.seed)
+        replayed = self.workload.trace
+        self.prices: Prices = resolve_prices(
+            scenario,
+            replayed.prompt_tokens if replayed is not None else None,
+            replayed.output_tokens if replayed is not None else None,
+        )
+        """The objective's prices (:mod:`servegym.sim.objective`), the drop price derived when not set."""
         self.backends = [Backend(b) for b in scenario.backends]
         self.tiers = [ExactTier(t) for t in scenario.cache.tiers]
         sem = scenario.cache.semantic
@@ -694,6 +702,13 @@ class Platform:
             replica_usd=self.replica_usd(),
             storage_usd=self.storage_usd(),
             replica_seconds=self.pool.replica_seconds(),
+            prices=self.prices,
+        )
+
+    def objective_usd(self) -> float:
+        """The objective so far (:mod:`servegym.sim.objective`): cost plus the prices of misses, bad answers, drops."""
+        return self.prices.usd(
+            self.cost_usd(), self.slo_violations, self.completed - self.good_answers, self.dropped
         )
 
 

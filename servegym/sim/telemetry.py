@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from servegym.sim.objective import Prices, objective_usd
+
 if TYPE_CHECKING:
     from servegym.sim.pool import Replica
     from servegym.sim.workload import RequestBatch
@@ -221,6 +223,23 @@ def _percentiles(x: np.ndarray, qs: list[float]) -> list[float]:
     return np.percentile(x, qs).tolist() if len(x) else [math.nan] * len(qs)
 
 
+def _percentile_counting_drops(latency: np.ndarray, drops: int, q: float) -> float:
+    """Percentile ``q`` of the finished requests' latencies with every drop counted as infinitely slow.
+
+    The same linear interpolation as :func:`numpy.percentile` over ``latency`` plus
+    ``drops`` infinite values: ``inf`` as soon as the percentile reaches a drop, so a
+    policy cannot shorten its tail by turning the slowest requests away.
+    """
+    n = len(latency) + drops
+    if n == 0:
+        return math.nan
+    if math.ceil(q / 100.0 * (n - 1)) >= len(latency):
+        return math.inf
+    # Below the drops: stand-ins above every latency leave numpy's interpolation unchanged.
+    filler = np.full(drops, float(latency.max()) + 1.0)
+    return float(np.percentile(np.concatenate([latency, filler]), q))
+
+
 def _group_kpis(
     cols: dict[str, np.ndarray],
     mask: np.ndarray,
@@ -237,21 +256,29 @@ def _group_kpis(
     hit_level = cols["hit_level"][mask]
     hits = hit_level >= 0
     p50, p95, p99 = _percentiles(latency, [50, 95, 99])
+    dropped = int(((outcome != IN_FLIGHT) & ~done).sum())
+    failed = int(((outcome == FAILED_ERROR) | (outcome == FAILED_TIMEOUT)).sum())
+    good = cols["good"][mask][done]
     out: dict[str, float] = {
         "requests": float(arrived),
         "completed": float(done.sum()),
-        "dropped": float(((outcome != IN_FLIGHT) & ~done).sum()),
+        "dropped": float(dropped),
+        "failed": float(failed),
         "in_flight": float((outcome == IN_FLIGHT).sum()),
+        "slo_misses": float(finished - int(within.sum())),
+        "bad_answers": float(len(good) - int(good.sum())),
         "throughput_rps": float(done.sum()) / duration_s,
         "latency_mean_s": float(latency.mean()) if len(latency) else math.nan,
         "latency_p50_s": p50,
         "latency_p95_s": p95,
         "latency_p99_s": p99,
+        "latency_p95_all_s": _percentile_counting_drops(latency, dropped, 95),
         "slo_attainment": float(within.sum()) / finished if finished else math.nan,
-        "drop_rate": float(((outcome != IN_FLIGHT) & ~done).sum()) / finished if finished else math.nan,
+        "drop_rate": dropped / finished if finished else math.nan,
+        "failure_rate": failed / finished if finished else math.nan,
         "hit_rate": float(hits.sum()) / arrived if arrived else math.nan,
         "false_hit_rate": float(cols["false_hit"][mask].sum()) / max(int(hits.sum()), 1),
-        "quality": float(cols["good"][mask][done].mean()) if done.any() else math.nan,
+        "quality": float(good.mean()) if done.any() else math.nan,
         "token_cost_usd": float(cols["cost_usd"][mask].sum()),
     }
     for level in range(n_levels):
@@ -273,12 +300,16 @@ def compute_kpis(
     replica_usd: float,
     storage_usd: float,
     replica_seconds: float,
+    prices: Prices | None = None,
 ) -> dict[str, dict[str, float]]:
     """KPIs overall (key ``"all"``) and per tenant, from request columns (at least :data:`KPI_COLUMNS`).
 
-    Latency percentiles are over completed requests; SLO attainment and drop rate are
-    over finished requests (completed or dropped), so requests still in flight at the
-    end count for neither. ``cost_usd`` (overall only) is replicas + tokens + storage.
+    Latency percentiles are over completed requests, and ``latency_p95_all_s`` over
+    finished ones with drops counted as infinitely slow; SLO attainment, drop and failure
+    rates are over finished requests (completed, dropped or failed), so requests still in
+    flight at the end count for none of them. ``dropped`` counts failures too
+    (``failed`` is their share of it). ``cost_usd`` (overall only) is replicas + tokens +
+    storage; with ``prices``, ``objective_usd`` (overall only) is the run's objective.
     """
     slo = np.asarray(tenant_slo_s, dtype=np.float64)[cols["tenant"]] if len(cols["tenant"]) else np.zeros(0)
     everything = np.ones(len(cols["tenant"]), dtype=bool)
@@ -290,6 +321,8 @@ def compute_kpis(
     overall["mean_replicas"] = replica_seconds / duration_s
     requests = max(overall["requests"], 1.0)
     overall["cost_per_1k_requests_usd"] = overall["cost_usd"] * 1000.0 / requests
+    if prices is not None:
+        overall["objective_usd"] = objective_usd(overall, prices)
     for k, name in enumerate(tenant_names):
         result[name] = _group_kpis(cols, cols["tenant"] == k, slo, duration_s, len(level_names))
     return result

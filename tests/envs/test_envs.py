@@ -80,7 +80,7 @@ def test_episode_ends_by_truncation_with_kpis(env_id: str) -> None:
 
 
 def test_rewards_sum_to_minus_episode_cost_when_only_cost_counts() -> None:
-    env = make("servegym/Routing-v0", slo_weight=0.0, quality_weight=0.0)
+    env = make("servegym/Routing-v0", slo_weight=0.0, quality_weight=0.0, drop_weight=0.0)
     env.reset(seed=5)
     total, done, info = 0.0, False, {}
     while not done:
@@ -88,6 +88,23 @@ def test_rewards_sum_to_minus_episode_cost_when_only_cost_counts() -> None:
         total += float(reward)
         done = terminated or truncated
     assert total == pytest.approx(-info["kpis"]["all"]["cost_usd"], rel=1e-9)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_return_is_minus_the_objective_that_evaluate_ranks_by(env_id: str) -> None:
+    # Tight pool and queue: the episode drops requests, so the drop price is exercised.
+    env = make(env_id, overrides=["pool.max_queue=5", "pool.max_replicas=3", "pool.initial_replicas=2"])
+    env.reset(seed=2)
+    env.action_space.seed(2)
+    total, done, info = 0.0, False, {}
+    while not done:
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        total += float(reward)
+        done = terminated or truncated
+    kpis = info["kpis"]["all"]
+    assert kpis["dropped"] > 0
+    assert env.unwrapped.prices.drop_usd > 0 and env.unwrapped.prices.drop_derived
+    assert total == pytest.approx(-kpis["objective_usd"], rel=1e-9)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
