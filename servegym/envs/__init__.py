@@ -40,4 +40,3 @@ for _id, _entry in (
 ):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_entry)
-

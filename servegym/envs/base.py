@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from servegym.sim.objective import Prices
 from servegym.sim.config import ConfigError, ScenarioConfig, apply_overrides, load_scenario, scenario_from_dict
+from servegym.sim.objective import Prices
 from servegym.sim.platform import DEFER, BuiltinController, Decision, Platform
 from servegym.sim.telemetry import IntervalMetrics
 

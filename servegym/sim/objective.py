@@ -75,7 +75,9 @@ def max_serve_usd(
 
 
 def resolve_prices(
-    scenario: ScenarioConfig, trace_prompt_tokens: np.ndarray | None = None, trace_output_tokens: np.ndarray | None = None
+    scenario: ScenarioConfig,
+    trace_prompt_tokens: np.ndarray | None = None,
+    trace_output_tokens: np.ndarray | None = None,
 ) -> Prices:
     """The scenario's prices, with ``drop_usd`` derived when the scenario leaves it null.
 

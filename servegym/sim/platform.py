@@ -707,9 +707,7 @@ class Platform:
 
     def objective_usd(self) -> float:
         """The objective so far (:mod:`servegym.sim.objective`): cost plus the prices of misses, bad answers, drops."""
-        return self.prices.usd(
-            self.cost_usd(), self.slo_violations, self.completed - self.good_answers, self.dropped
-        )
+        return self.prices.usd(self.cost_usd(), self.slo_violations, self.completed - self.good_answers, self.dropped)
 
 
 class _IntervalStart:

@@ -316,9 +316,10 @@ def test_random_valid_scenarios_keep_invariants(scenario: ScenarioConfig) -> Non
 
 def test_overrides_complete_a_scenario_that_is_incomplete_on_its_own(tmp_path: Path) -> None:
     trace = tmp_path / "trace.csv"
-    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
-        f"2023-11-16 18:15:{s:02d}.000000,{100 + s},{20 + s}\n" for s in range(30)
-    ))
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        + "".join(f"2023-11-16 18:15:{s:02d}.000000,{100 + s},{20 + s}\n" for s in range(30))
+    )
     with pytest.raises(ConfigError, match=r"trace_replay\.yaml: workload\.trace_path = None is invalid"):
         load_scenario("trace_replay")
     scenario = load_scenario("trace_replay", [f"workload.trace_path={trace}", "duration_s=20"])
