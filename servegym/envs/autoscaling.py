@@ -52,9 +52,11 @@ class AutoscalingEnv(PlatformEnv):
     | 13 | time_of_day_cos | -1 | 1 |
 
     ## Rewards
-    Minus the dollars spent in the interval (replicas, tokens, storage) minus
-    ``slo_weight`` per request that missed its SLO minus ``quality_weight`` per bad
-    answer (see :mod:`servegym.envs.base`).
+    Minus the objective of the interval (:mod:`servegym.sim.objective`): the dollars spent
+    (replicas, tokens, storage) plus ``slo_weight`` per request that missed its SLO,
+    ``quality_weight`` per bad answer and ``drop_weight`` per dropped or failed request
+    (see :mod:`servegym.envs.base`). The weights default to the scenario's objective
+    prices, so the return is minus the objective ``servegym evaluate`` ranks by.
 
     ## Starting State
     The scenario's initial pool and empty caches (or warmed ones, as configured); the
@@ -68,10 +70,13 @@ class AutoscalingEnv(PlatformEnv):
 
     ## Arguments
     ``scenario`` (name, YAML path, ``ScenarioConfig`` or mapping), ``overrides``
-    (``key=value`` strings), ``duration_s``, ``cost_weight``, ``slo_weight``, ``quality_weight``.
+    (``key=value`` strings), ``duration_s``, ``cost_weight`` (1), and ``slo_weight``,
+    ``quality_weight``, ``drop_weight`` (default: the scenario's ``objective`` prices).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Since December 2026 the reward also prices dropped and failed
+      requests (``drop_weight``, by default the scenario's ``objective.drop_usd``) and
+      ``reset(seed=s)`` simulates platform seed ``s`` (the seed ``servegym evaluate`` uses).
     """
 
     deferred: ClassVar[frozenset[str]] = frozenset({"scale"})

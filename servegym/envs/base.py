@@ -226,7 +226,11 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._platform_seed = int(self.np_random.integers(0, 2**31 - 1))
+        # One seed space: reset(seed=s) simulates the requests of platform seed s, as
+        # `servegym evaluate --seeds s`, compare's seeds and train's eval_seeds do, so an
+        # env-based and a CLI evaluation pair on common random numbers. Later resets
+        # without a seed draw the next episode's seed from the env's own generator.
+        self._platform_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
         self.platform = self._new_platform(self._platform_seed)
         self._actions = []
         self._totals = (0.0, 0, 0, 0)

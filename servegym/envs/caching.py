@@ -64,7 +64,9 @@ class CachingEnv(PlatformEnv):
     of semantic thresholds, each in (0, 1]).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Since December 2026 the reward also prices dropped and failed
+      requests (``drop_weight``, by default the scenario's ``objective.drop_usd``) and
+      ``reset(seed=s)`` simulates platform seed ``s`` (the seed ``servegym evaluate`` uses).
     """
 
     deferred: ClassVar[frozenset[str]] = frozenset({"admit", "threshold"})

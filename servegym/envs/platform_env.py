@@ -41,8 +41,8 @@ class PlatformControlEnv(PlatformEnv):
     built with it read this observation.
 
     ## Rewards
-    As every servegym env (:mod:`servegym.envs.base`): minus dollars, SLO misses and bad
-    answers of what finished in the interval, weighted.
+    As every servegym env (:mod:`servegym.envs.base`): minus the objective (dollars, SLO
+    misses, bad answers and drops) of what finished in the interval.
 
     ## Starting State
     The scenario's initial pool, margin 0 and the scenario's threshold; the first
@@ -55,7 +55,9 @@ class PlatformControlEnv(PlatformEnv):
     As :class:`~servegym.envs.autoscaling.AutoscalingEnv`, plus ``margins`` and ``thresholds`` (the grids).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Since December 2026 the reward also prices dropped and failed
+      requests (``drop_weight``, by default the scenario's ``objective.drop_usd``) and
+      ``reset(seed=s)`` simulates platform seed ``s`` (the seed ``servegym evaluate`` uses).
     """
 
     deferred: ClassVar[frozenset[str]] = frozenset({"scale"})

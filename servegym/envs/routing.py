@@ -37,9 +37,9 @@ class RoutingEnv(PlatformEnv):
     ## Rewards
     A request's outcome is known only when it finishes, after later requests were
     routed. The reward of a step is therefore the negative cost of everything that
-    finished since the previous step (dollars billed, SLO misses, bad answers; see
+    finished since the previous step (dollars billed, SLO misses, bad answers, drops; see
     :mod:`servegym.envs.base`): delayed credit, as in any queueing control problem. Over
-    an episode the rewards sum to the episode's total negative cost.
+    an episode the rewards sum to minus the episode's objective.
 
     ## Starting State
     The scenario at time 0; the first observation is the first request to reach an agent.
@@ -52,7 +52,9 @@ class RoutingEnv(PlatformEnv):
     As :class:`~servegym.envs.autoscaling.AutoscalingEnv`.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version. Since December 2026 the reward also prices dropped and failed
+      requests (``drop_weight``, by default the scenario's ``objective.drop_usd``) and
+      ``reset(seed=s)`` simulates platform seed ``s`` (the seed ``servegym evaluate`` uses).
     """
 
     deferred: ClassVar[frozenset[str]] = frozenset({"route"})

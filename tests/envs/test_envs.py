@@ -315,3 +315,25 @@ def test_reset_info_reports_what_was_billed_before_the_first_decision() -> None:
     _, info = env.reset(seed=0)
     unwrapped: Any = env.unwrapped
     assert info["time_s"] == 15.0 and info["cost_usd"] == unwrapped.platform.cost_usd() > 0
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_reset_seed_pairs_with_evaluate_seeds(env_id: str) -> None:
+    # One seed space: reset(seed=s) and `servegym evaluate --seeds s` see the same requests.
+    from servegym.experiments.evaluate import simulate
+
+    env = make(env_id)
+    env.reset(seed=7)
+    env.action_space.seed(0)
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        done = terminated or truncated
+    inner = env.unwrapped.platform
+    reference = simulate("builtin", env_id, env.unwrapped.scenario, 7)
+    assert inner.seed == reference.seed == 7
+    columns = ("arrival_s", "tenant", "intent", "variant", "prompt_tokens", "output_tokens", "difficulty")
+    ours, theirs = inner.requests.frame(None, columns), reference.requests.frame(None, columns)
+    assert len(ours["arrival_s"]) == len(theirs["arrival_s"]) > 0
+    for name in columns:
+        assert np.array_equal(ours[name], theirs[name]), name
