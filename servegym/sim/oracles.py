@@ -26,7 +26,12 @@ from servegym.sim.random import Streams
 from servegym.sim.telemetry import IntervalMetrics
 from servegym.sim.workload import Workload
 
-__all__ = ["ClairvoyantScaler", "OracleRouter", "belady_hits", "lru_hits"]
+__all__ = ["ORACLE_KINDS", "ClairvoyantScaler", "OracleRouter", "belady_hits", "lru_hits"]
+
+ORACLE_KINDS: dict[str, str] = {"clairvoyant": "bound", "oracle_router": "privileged heuristic"}
+"""Each oracle's standing: ``"bound"`` (proven by the property test never to lose to a shipped
+heuristic on the objective; the leaderboard computes gaps to it) or ``"privileged heuristic"``
+(strong, with knowledge no policy has, but not a bound: reported as such, no gap)."""
 
 
 def _check_capacity(capacity: int) -> None:
