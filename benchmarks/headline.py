@@ -26,9 +26,11 @@ the forecaster's held-out quality and the router's mix are printed.
 
 Every variant runs on the same seeds as the plain platform (common random numbers), so the
 relative changes come from paired differences, per scenario: p95 latency, cost, answer
-quality and the objective (cost plus the comparison's prices of SLO misses and bad answers,
-the trade-off the learners' rewards price too), mean ± 95% CI, and the change against
-plain. The full comparison (tables, figures, report.html) is logged to MLflow as usual.
+quality, the share of requests dropped or failed and the objective
+(:mod:`servegym.sim.objective`: cost plus the scenario's prices of SLO misses, bad answers
+and drops, the trade-off the learners' rewards price too), mean ± 95% CI, and the change
+against plain. The objective's prices are printed above the table. The full comparison
+(tables, figures, report.html) is logged to MLflow as usual.
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ KPIS = (
     ("latency_p95_s", "p95 latency s"),
     ("cost_usd", "cost $"),
     ("quality", "quality"),
+    ("drop_rate", "drops"),
     ("objective_usd", "objective $"),
 )
+SHARES = ("quality", "drop_rate")
+"""Shares print in percent and change in percentage points."""
 
 
 def _fmt(mean: float, half: float, digits: int = 3) -> str:
@@ -242,6 +247,8 @@ def main() -> None:
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         rows = list(csv.DictReader((out / "sweep" / "comparison" / "leaderboard.csv").open()))
+        text = (out / "sweep" / "comparison" / "leaderboard.txt").read_text()
+        prices = sorted({line for line in text.splitlines() if line.startswith("objective = ")})
     table: dict[str, dict[str, dict[str, dict[str, float]]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         table[r["scenario"]][r["policy"]][r["kpi"]] = {
@@ -250,6 +257,7 @@ def main() -> None:
     header = (
         "| scenario | variant | " + " | ".join(f"{label} | Δ {label.split()[0]} vs plain" for _, label in KPIS) + " |"
     )
+    print("\n".join(prices))
     print(header)
     print("|" + "---|" * (2 + 2 * len(KPIS)))
     for scenario, variants in table.items():
@@ -258,12 +266,15 @@ def main() -> None:
             cells = []
             for kpi, _ in KPIS:
                 e = kpis[kpi]
-                cells.append(_fmt(e["mean"], e["ci95"]))
+                if kpi in SHARES:
+                    cells.append(_fmt(e["mean"] * 100, e["ci95"] * 100) + "%")
+                else:
+                    cells.append(_fmt(e["mean"], e["ci95"]))
                 if variant == "plain" or not math.isfinite(e["diff_mean"]):
                     cells.append("—")
                 else:
                     base = plain[kpi]["mean"]
-                    if kpi == "quality":
+                    if kpi in SHARES:
                         cells.append(f"{e['diff_mean'] * 100:+.1f} pts ± {e['diff_ci95'] * 100:.1f}")
                     else:
                         cells.append(f"{e['diff_mean'] / base:+.0%} ± {e['diff_ci95'] / base:.0%}")

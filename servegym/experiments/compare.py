@@ -43,8 +43,9 @@ Policy arguments are ``params.<policy>.<argument>``; the ``policy`` config group
 config group replaces the workload of every compared scenario (``workload=diurnal``); the
 tables then name each scenario ``<scenario>+<workload>``.
 
-Each job returns the mean ``objective_usd`` (cost plus a price per SLO miss and per bad
-answer), which the Optuna sweeper minimises when tuning heuristics. The best of many trials,
+Each job returns the mean ``objective_usd`` (:mod:`servegym.sim.objective`: cost plus the
+scenario's prices per SLO miss, bad answer and dropped or failed request), which the
+Optuna sweeper minimises when tuning heuristics. The best of many trials,
 scored on the seeds it was picked on, looks better than it is (the winner's curse): with
 ``holdout_seeds`` set, ``on_multirun_end`` re-runs each scenario's best job on those seeds,
 through the code path of the jobs, and reports both scores (``holdout/*`` on the parent run).
@@ -84,7 +85,6 @@ from servegym.experiments.evaluate import (
     KPI_COLUMNS,
     PolicyResult,
     _controller,
-    objective_usd,
     simulate,
 )
 from servegym.experiments.leaderboard import (
@@ -126,7 +126,6 @@ __all__ = [
     "TrainedRun",
     "aggregate",
     "app",
-    "objective_usd",
     "readable_label",
     "refuse_list_sweeps",
     "resolve_policy",
@@ -141,8 +140,9 @@ log = logging.getLogger(__name__)
 # Results are small JSON files read back in a loop: no progress bar per download.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-TABLE_KPIS = ("latency_p95_s", "slo_attainment", "cost_usd", "hit_rate", "quality", "objective_usd")
-LABELS: dict[str, str] = {k: label for k, label in KPI_COLUMNS} | {"objective_usd": "objective $"}
+TABLE_KPIS = tuple(k for k, _ in KPI_COLUMNS)
+"""The leaderboard's columns: evaluate's, the objective first, drops and failures beside every mean."""
+LABELS: dict[str, str] = dict(KPI_COLUMNS)
 QUANTILE_PROBS = np.linspace(0.0, 1.0, 101)
 TRAINED_PREFIXES = ("run:", "models:/")
 TRAINED_DECISIONS = {"servegym/Autoscaling-v0": "scaling", "servegym/Routing-v0": "routing"}
@@ -266,21 +266,19 @@ def telemetry_of(platform: Platform) -> dict[str, Any]:
     }
 
 
-def _named_kpis(
-    kpis: Mapping[str, float], level_names: Sequence[str], objective: Mapping[str, Any]
-) -> dict[str, float]:
-    """Overall KPIs with per-tier hit rates by tier name and the objective added."""
+def _named_kpis(kpis: Mapping[str, float], level_names: Sequence[str]) -> dict[str, float]:
+    """Overall KPIs (the objective among them) with per-tier hit rates by tier name."""
     out = dict(kpis)
     for k, tier in enumerate(level_names):
         if f"hit_rate_l{k}" in out:
             out[f"hit_rate_{tier}"] = out.pop(f"hit_rate_l{k}")
-    out["objective_usd"] = objective_usd(kpis, float(objective["slo_miss_usd"]), float(objective["bad_answer_usd"]))
     return out
 
 
 def _json_safe(value: Any) -> Any:
+    """Standard JSON: ``nan`` (no value) as null, infinities (a p95 counting drops) as ``"inf"``/``"-inf"``."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -291,6 +289,8 @@ def _json_safe(value: Any) -> Any:
 def _from_json(value: Any) -> Any:
     if value is None:
         return math.nan
+    if value in ("inf", "-inf"):
+        return float(value)
     if isinstance(value, dict):
         return {k: _from_json(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -481,7 +481,7 @@ def _evaluate_job(
     """
     env_id = str(c.get("env_id", "Platform-v0"))
     kpis, levels, telemetry = _run_seeds(definition, env_id, scenario, seeds, client, workdir)
-    return [_named_kpis(k, levels, c.get("objective") or {}) for k in kpis], levels, telemetry
+    return [_named_kpis(k, levels) for k in kpis], levels, telemetry
 
 
 def run_job(
@@ -552,7 +552,16 @@ def run_job(
         client.log_text(run_id, yaml.safe_dump(c, sort_keys=False), JOB_CONFIG)
         with tempfile.TemporaryDirectory(prefix="servegym-compare-") as tmp:
             named, levels, telemetry = _evaluate_job(definition, scenario, c, seeds, client, Path(tmp))
-        logged = [*TABLE_KPIS, *(f"hit_rate_{t}" for t in levels), "latency_p50_s", "latency_p99_s", "drop_rate"]
+        prices = Platform(scenario, seed=int(seeds[0])).prices
+        client.log_batch(run_id, params=[_param(k, repr(v)) for k, v in prices.params().items()])
+        logged = [
+            *TABLE_KPIS,
+            *(f"hit_rate_{t}" for t in levels),
+            "latency_p50_s",
+            "latency_p99_s",
+            "dropped",
+            "failed",
+        ]
         with BatchLogger(run_id, client) as batch:
             for seed, values in zip(seeds, named, strict=True):
                 batch.log({f"kpi/{k}": values[k] for k in logged if k in values}, step=seed)
@@ -570,6 +579,7 @@ def run_job(
             "level_names": levels,
             "kpis": named,
             "telemetry": telemetry,
+            "objective": prices.describe(),
         }
         client.log_text(run_id, json.dumps(_json_safe(result)), RESULTS)
         client.set_terminated(run_id, "FINISHED")
@@ -907,7 +917,7 @@ def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[
     return sorted(runs, key=order)
 
 
-HOLDOUT_KPIS = ("objective_usd", "latency_p95_s", "slo_attainment", "cost_usd", "hit_rate", "quality")
+HOLDOUT_KPIS = ("objective_usd", "latency_p95_s", "slo_attainment", "drop_rate", "cost_usd", "hit_rate", "quality")
 
 
 def _holdout_checks(
@@ -1019,7 +1029,8 @@ def aggregate(
         ]
         # the baseline as written (a spec such as run:<id>), whatever label the tables give it
         base = next((label for label, d in by_policy.items() if baseline in (label, d.get("policy"))), None)
-        summary = summarise(scenario, policy_results, kpis, base, gap_kpis)
+        objectives = sorted({str(d.get("objective", "")) for d in by_policy.values()} - {""})
+        summary = summarise(scenario, policy_results, kpis, base, gap_kpis, "; ".join(objectives))
         summaries.append(summary)
         labels = LABELS | {f"hit_rate_{t}": f"hit {t}" for t in levels}
         report_labels |= labels
@@ -1075,9 +1086,7 @@ def aggregate(
         "scenarios": ", ".join(results),
         "seeds": str(seeds_of(config.get("seeds"))),
         "baseline": str(summaries[0].baseline if summaries else baseline),
-        "objective": "cost + ${slo_miss_usd} per SLO miss + ${bad_answer_usd} per bad answer".format(
-            **(config.get("objective") or {"slo_miss_usd": "?", "bad_answer_usd": "?"})
-        ),
+        "objective": "; ".join(sorted({str(d.get("objective", "?")) for by in results.values() for d in by.values()})),
     }
     title = f"servegym comparison {config.get('name') or parent_id}"
     higher = set(HIGHER_IS_BETTER) | {k for s in summaries for k in s.kpis if k.startswith("hit_rate")}

@@ -12,12 +12,14 @@ policies are compared on identical request streams and their paired differences 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from servegym.envs.features import admission_layout, interval_layout, routing_layout
+from servegym.experiments.robustness import outlier_flags
 from servegym.experiments.stats import Estimate, estimate, few_seeds_warning, format_estimate, paired_difference
 from servegym.policies import (
     ENV_FILLED_ARGUMENTS,
@@ -29,6 +31,7 @@ from servegym.policies import (
     scaling_kwargs,
 )
 from servegym.sim.config import ScenarioConfig
+from servegym.sim.objective import Prices
 from servegym.sim.oracles import ClairvoyantScaler, OracleRouter
 from servegym.sim.platform import Controller, Platform
 
@@ -40,6 +43,7 @@ __all__ = [
     "align_columns",
     "evaluate",
     "format_comparison",
+    "format_worst",
     "objective_usd",
     "run_policy",
     "simulate",
@@ -78,28 +82,47 @@ ENV_DECISIONS: dict[str, frozenset[str]] = {
 ORACLES: dict[str, Callable[[], Controller]] = {"oracle_router": OracleRouter, "clairvoyant": ClairvoyantScaler}
 
 KPI_COLUMNS = (
-    ("latency_p95_s", "p95 s"),
+    ("objective_usd", "objective $"),
+    ("latency_p95_s", "p95 s (done)"),
+    ("latency_p95_all_s", "p95 s (drop=inf)"),
     ("slo_attainment", "SLO"),
+    ("drop_rate", "drops"),
+    ("failure_rate", "failed"),
     ("cost_usd", "cost $"),
     ("hit_rate", "hit"),
     ("quality", "quality"),
-    ("drop_rate", "drops"),
 )
+"""The columns of every evaluation table, the objective first. Drops (dropped or failed
+requests, of those that finished) and failures stand beside every mean, and the p95 over
+completed requests sits next to the p95 that counts a drop as infinitely slow, so a
+policy cannot look fast by serving fewer requests."""
+
+WORST_COLUMNS = (("objective_usd", "worst objective $"), ("drop_rate", "worst drops"))
+"""Per policy, the worst seed of these KPIs (the highest value), beside the means."""
 
 
 @dataclass(frozen=True)
 class PolicyResult:
-    """Per-seed overall KPIs of one policy (seeds in the order given)."""
+    """Per-seed overall KPIs of one policy (seeds in the order given) and the objective's prices."""
 
     policy: str
     seeds: tuple[int, ...]
     kpis: tuple[dict[str, float], ...]
+    prices: Prices | None = None
 
     def values(self, kpi: str) -> list[float]:
-        return [k[kpi] for k in self.kpis]
+        return [k.get(kpi, math.nan) for k in self.kpis]
 
     def estimate(self, kpi: str) -> Estimate:
         return estimate(self.values(kpi))
+
+    def worst(self, kpi: str) -> tuple[float, int | None]:
+        """The highest per-seed value of ``kpi`` (worst for costs, drops, latency) and its seed."""
+        pairs = [(v, s) for v, s in zip(self.values(kpi), self.seeds, strict=True) if not math.isnan(v)]
+        if not pairs:
+            return math.nan, None
+        value, seed = max(pairs, key=lambda p: p[0])
+        return value, seed
 
 
 def _controller(
@@ -226,10 +249,10 @@ def evaluate(
     """
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
-    results = [
-        PolicyResult(spec, tuple(seeds), tuple(run_policy(spec, env_id, scenario, s, params)["all"] for s in seeds))
-        for spec in policies
-    ]
+    results = []
+    for spec in policies:
+        platforms = [simulate(spec, env_id, scenario, s, params) for s in seeds]
+        results.append(PolicyResult(spec, tuple(seeds), tuple(p.kpis()["all"] for p in platforms), platforms[0].prices))
     warning = few_seeds_warning(len(seeds), "evaluation")
     if warning and results:
         print(f"servegym evaluate: {warning}", file=sys.stderr)
@@ -237,12 +260,30 @@ def evaluate(
 
 
 def format_comparison(results: Sequence[PolicyResult], baseline: str | None = None) -> str:
-    """KPI table (mean ± 95% half-width over seeds) and, with a baseline, paired differences."""
-    header = ["policy"] + [label for _, label in KPI_COLUMNS]
-    rows = [header] + [[r.policy] + [format_estimate(r.estimate(k), k) for k, _ in KPI_COLUMNS] for r in results]
+    """KPI table (mean ± 95% half-width over seeds, and the worst seed) and, with a baseline, paired differences.
+
+    The table opens with the objective's prices; with a baseline, every seed on which a
+    policy is far outside it (:func:`~servegym.experiments.robustness.outlier_flags`) is
+    named under the tables.
+    """
+    header = ["policy"] + [label for _, label in KPI_COLUMNS] + [label for _, label in WORST_COLUMNS]
+    rows = [header] + [
+        [r.policy]
+        + [format_estimate(r.estimate(k), k) for k, _ in KPI_COLUMNS]
+        + [format_worst(r, k) for k, _ in WORST_COLUMNS]
+        for r in results
+    ]
     lines = align_columns(rows)
     n = len(results[0].seeds) if results else 0
-    lines.insert(0, f"mean ± 95% CI half-width over {n} seeds; shares in %, their differences in percentage points")
+    lines.insert(
+        0,
+        f"mean ± 95% CI half-width over {n} seeds, worst seed (seed) at the right; shares in %, their differences "
+        "in percentage points; drops count dropped and failed requests; p95 (done) is over completed requests, "
+        "p95 (drop=inf) over finished ones with each drop counted as infinitely slow",
+    )
+    prices = next((r.prices for r in results if r.prices is not None), None)
+    if prices is not None:
+        lines.insert(0, prices.describe())
     warning = few_seeds_warning(n, "evaluation")
     if warning and results:
         lines.insert(0, warning)
@@ -258,7 +299,23 @@ def format_comparison(results: Sequence[PolicyResult], baseline: str | None = No
                     + [format_estimate(paired_difference(r.values(k), base.values(k)), k, True) for k, _ in KPI_COLUMNS]
                 )
         lines += ["", "paired differences against the baseline (same seeds, same requests):", *align_columns(diff_rows)]
+        flags = [
+            flag
+            for r in results
+            if r is not base
+            for flag in outlier_flags(r.policy, r.kpis, base.policy, base.kpis, r.seeds)
+        ]
+        if flags:
+            lines += ["", "far outside the baseline:", *(f"  ! {flag}" for flag in flags)]
     return "\n".join(lines)
+
+
+def format_worst(result: PolicyResult, kpi: str) -> str:
+    """The worst seed's value of ``kpi`` as a cell, ``"$412.3 (s3)"``, in the KPI's unit."""
+    value, seed = result.worst(kpi)
+    if seed is None:
+        return "-"
+    return f"{format_estimate(Estimate(value, math.nan, 1), kpi)} (s{seed})"
 
 
 def align_columns(rows: list[list[str]]) -> list[str]:

@@ -7,11 +7,18 @@ every policy the same requests (common random numbers). A scenario's summary hol
 - each policy's paired difference against the baseline, seed by seed
   (:func:`~servegym.experiments.stats.paired_difference`) — far tighter than the
   difference of two independent intervals;
+- the worst seed of the objective and of the drop rate beside the means, and a sentence
+  for every seed on which a policy is far outside the baseline
+  (:func:`~servegym.experiments.robustness.outlier_flags`);
 - the share of the baseline-to-oracle gap a policy closes, ``(policy - baseline) /
   (oracle - baseline)`` on the means, where the oracle is the best of the evaluated
-  oracles on that KPI (undefined, ``nan``, when no oracle beats the baseline);
-- the Pareto set on mean cost versus mean p95 latency: the policies no other policy
-  matches or beats on both with a strict improvement on one.
+  oracles that are proven bounds (:func:`is_bound`) on that KPI (undefined, ``nan``, when
+  none beats the baseline); an oracle that is only a privileged heuristic gets no gap;
+- the Pareto set on mean cost, mean p95 latency of completed requests and mean drop rate
+  (all lower is better): the policies no other policy matches or beats on all three with a
+  strict improvement on one, so a policy cannot join it by serving fewer requests.
+
+Rows are ranked by mean objective, lowest first.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from servegym.experiments.evaluate import PolicyResult, align_columns
+from servegym.experiments.evaluate import PolicyResult, align_columns, format_worst
+from servegym.experiments.robustness import outlier_flags
 from servegym.experiments.stats import Estimate, format_estimate, paired_difference
+from servegym.sim.oracles import ORACLE_KINDS
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -30,6 +39,7 @@ __all__ = [
     "format_holdout",
     "format_summary",
     "gap_closed",
+    "is_bound",
     "is_oracle",
     "pareto_set",
     "share_text",
@@ -39,7 +49,11 @@ __all__ = [
 HIGHER_IS_BETTER: frozenset[str] = frozenset({"slo_attainment", "quality", "hit_rate", "throughput_rps", "completed"})
 """KPIs where more is better; every other KPI (latency, cost, drops, objective) is better lower."""
 
-ORACLE_NAMES = ("oracle_router", "clairvoyant")
+PARETO_KPIS = ("cost_usd", "latency_p95_s", "drop_rate")
+"""The Pareto set's axes, all lower is better: the drop rate keeps failure off the front."""
+
+WORST_KPIS = ("objective_usd", "drop_rate")
+"""KPIs whose worst seed stands beside the means."""
 
 
 def higher_is_better(kpi: str) -> bool:
@@ -48,8 +62,13 @@ def higher_is_better(kpi: str) -> bool:
 
 
 def is_oracle(spec: str) -> bool:
-    """Whether a policy spec names an oracle (privileged knowledge: an upper bound, not a candidate)."""
-    return any(part in ORACLE_NAMES for part in spec.split("+"))
+    """Whether a policy spec names an oracle (privileged knowledge, not a deployable candidate)."""
+    return any(part in ORACLE_KINDS for part in spec.split("+"))
+
+
+def is_bound(spec: str) -> bool:
+    """Whether a policy spec is an oracle proven to bound the shipped heuristics (gaps are computed only to these)."""
+    return any(ORACLE_KINDS.get(part) == "bound" for part in spec.split("+"))
 
 
 def _mean(result: PolicyResult, kpi: str) -> float:
@@ -76,13 +95,18 @@ def gap_closed(policy: PolicyResult, baseline: PolicyResult, oracle: PolicyResul
     return (_mean(policy, kpi) - base) / gap
 
 
-def pareto_set(results: Sequence[PolicyResult], x: str = "cost_usd", y: str = "latency_p95_s") -> list[str]:
-    """Policies on the Pareto front of mean ``x`` versus mean ``y`` (both lower is better), in input order."""
-    points = [(r.policy, _mean(r, x), _mean(r, y)) for r in results]
-    points = [p for p in points if math.isfinite(p[1]) and math.isfinite(p[2])]
+def pareto_set(results: Sequence[PolicyResult], axes: Sequence[str] = PARETO_KPIS) -> list[str]:
+    """Policies on the Pareto front of the means of ``axes`` (all lower is better), in input order."""
+    points = [(r.policy, [_mean(r, k) for k in axes]) for r in results]
+    points = [(name, v) for name, v in points if all(math.isfinite(x) for x in v)]
     front = []
-    for name, px, py in points:
-        dominated = any((qx <= px and qy <= py) and (qx < px or qy < py) for other, qx, qy in points if other != name)
+    for name, p in points:
+        dominated = any(
+            all(q_k <= p_k for q_k, p_k in zip(q, p, strict=True))
+            and any(q_k < p_k for q_k, p_k in zip(q, p, strict=True))
+            for other, q in points
+            if other != name
+        )
         if not dominated:
             front.append(name)
     return front
@@ -103,6 +127,9 @@ class ScenarioSummary:
     gaps: dict[str, dict[str, float]]
     pareto: list[str]
     policies: list[str] = field(default_factory=list)
+    worst: dict[str, dict[str, str]] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    objective: str = ""
 
 
 def summarise(
@@ -111,8 +138,12 @@ def summarise(
     kpis: Sequence[str],
     baseline: str | None = None,
     gap_kpis: Sequence[str] = (),
+    objective: str = "",
 ) -> ScenarioSummary:
-    """Summarise one scenario's results (see the module docstring); ``baseline`` defaults to the first policy."""
+    """Summarise one scenario's results (see the module docstring); ``baseline`` defaults to the first policy.
+
+    ``objective`` is the line that states the objective's prices, printed atop the tables.
+    """
     if not results:
         raise ValueError(f"scenario {scenario!r} has no results to summarise")
     seeds = results[0].seeds
@@ -131,7 +162,7 @@ def summarise(
     differences = {
         r.policy: {k: paired_difference(r.values(k), base.values(k)) for k in kpis} for r in results if r is not base
     }
-    oracles = [r for r in results if is_oracle(r.policy)]
+    oracles = [r for r in results if is_bound(r.policy)]
     gap_reference: dict[str, str] = {}
     gaps: dict[str, dict[str, float]] = {r.policy: {} for r in results}
     for kpi in gap_kpis:
@@ -152,9 +183,23 @@ def summarise(
         gap_kpis=tuple(k for k in gap_kpis if k in gap_reference),
         gap_reference=gap_reference,
         gaps=gaps,
-        pareto=pareto_set(results) if {"cost_usd", "latency_p95_s"} <= set(kpis) else [],
-        policies=[r.policy for r in results],
+        pareto=pareto_set(results) if set(PARETO_KPIS) <= set(kpis) else [],
+        policies=[r.policy for r in sorted(results, key=_rank_key)],
+        worst={r.policy: {k: format_worst(r, k) for k in WORST_KPIS if k in kpis} for r in results},
+        flags=[
+            flag
+            for r in results
+            if r is not base and not is_oracle(r.policy)
+            for flag in outlier_flags(r.policy, r.kpis, base.policy, base.kpis, r.seeds)
+        ],
+        objective=objective,
     )
+
+
+def _rank_key(result: PolicyResult) -> float:
+    """Rows rank by mean objective, lowest first; a policy without one goes last."""
+    mean = _mean(result, "objective_usd")
+    return mean if math.isfinite(mean) else math.inf
 
 
 def share_text(value: float) -> str:
@@ -166,15 +211,25 @@ def format_summary(summary: ScenarioSummary, labels: Mapping[str, str] | None = 
     """The scenario's tables as plain text: estimates, paired differences, gap closed, Pareto set."""
     labels = labels or {}
     names = [labels.get(k, k) for k in summary.kpis]
+    worst_kpis = [k for k in WORST_KPIS if any(k in w for w in summary.worst.values())]
     lines = [
         f"scenario {summary.scenario}: mean ± 95% CI half-width over {len(summary.seeds)} seeds "
-        f"{list(summary.seeds)}; shares in %, their differences in percentage points (pts); "
-        "* = Pareto set on cost vs p95 latency",
+        f"{list(summary.seeds)}, ranked by mean objective, worst seed at the right; shares in %, their differences "
+        "in percentage points (pts); drops count dropped and failed requests; * = Pareto set on cost, "
+        "p95 (done) and drop rate; (oracle) = privileged knowledge, not a deployable policy",
     ]
-    rows = [["policy", *names]]
+    if summary.objective:
+        lines.append(summary.objective)
+    rows = [["policy", *names, *(f"worst {labels.get(k, k)}" for k in worst_kpis)]]
     for p in summary.policies:
-        mark = " *" if p in summary.pareto else ""
-        rows.append([p + mark, *(format_estimate(summary.estimates[p][k], k) for k in summary.kpis)])
+        mark = (" *" if p in summary.pareto else "") + (" (oracle)" if is_oracle(p) else "")
+        rows.append(
+            [
+                p + mark,
+                *(format_estimate(summary.estimates[p][k], k) for k in summary.kpis),
+                *(summary.worst.get(p, {}).get(k, "-") for k in worst_kpis),
+            ]
+        )
     lines += align_columns(rows)
     if summary.differences:
         lines += ["", f"paired differences against {summary.baseline} (same seeds, same requests):"]
@@ -192,6 +247,8 @@ def format_summary(summary: ScenarioSummary, labels: Mapping[str, str] | None = 
         for p in summary.policies:
             rows.append([p, *(share_text(summary.gaps[p][k]) for k in summary.gap_kpis)])
         lines += align_columns(rows)
+    if summary.flags:
+        lines += ["", f"far outside the baseline ({summary.baseline}):", *(f"  ! {f}" for f in summary.flags)]
     return "\n".join(lines)
 
 

@@ -12,7 +12,15 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from servegym.experiments.leaderboard import HoldoutCheck, ScenarioSummary, holdout_heading, holdout_rows, share_text
+from servegym.experiments.leaderboard import (
+    WORST_KPIS,
+    HoldoutCheck,
+    ScenarioSummary,
+    holdout_heading,
+    holdout_rows,
+    is_oracle,
+    share_text,
+)
 from servegym.experiments.stats import Estimate, format_estimate
 
 __all__ = ["holdout_section", "write_report"]
@@ -49,16 +57,28 @@ def _diff_class(e: Estimate, higher_better: bool) -> str:
 def _scenario_section(s: ScenarioSummary, labels: Mapping[str, str], higher: set[str]) -> list[str]:
     out = [f"<h2>scenario {html.escape(s.scenario)}</h2>"]
     out.append(
-        f'<p class="meta">{len(s.seeds)} seeds {list(s.seeds)}; mean ± 95% CI half-width; '
-        "bold: Pareto set on cost vs p95 latency.</p>"
+        f'<p class="meta">{len(s.seeds)} seeds {list(s.seeds)}; mean ± 95% CI half-width, ranked by mean '
+        "objective, worst seed at the right; drops count dropped and failed requests; p95 (done) is over "
+        "completed requests, p95 (drop=inf) counts each drop as infinitely slow; bold: Pareto set on cost, "
+        "p95 (done) and drop rate; (oracle): privileged knowledge, not a deployable policy.</p>"
     )
+    if s.objective:
+        out.append(f'<p class="meta">{html.escape(s.objective)}</p>')
+    worst_kpis = [k for k in WORST_KPIS if any(k in w for w in s.worst.values())]
     head = "".join(f"<th>{html.escape(labels.get(k, k))}</th>" for k in s.kpis)
-    out.append(f"<table><tr><th>policy</th>{head}</tr>")
+    head_worst = "".join(f"<th>worst {html.escape(labels.get(k, k))}</th>" for k in worst_kpis)
+    out.append(f"<table><tr><th>policy</th>{head}{head_worst}</tr>")
     for p in s.policies:
         cls = ' class="pareto"' if p in s.pareto else ""
         cells = "".join(f"<td>{_cell(s.estimates[p][k], k)}</td>" for k in s.kpis)
-        out.append(f"<tr{cls}><td>{html.escape(p)}</td>{cells}</tr>")
+        cells += "".join(f"<td>{html.escape(s.worst.get(p, {}).get(k, '-'))}</td>" for k in worst_kpis)
+        name = html.escape(p) + (" (oracle)" if is_oracle(p) else "")
+        out.append(f"<tr{cls}><td>{name}</td>{cells}</tr>")
     out.append("</table>")
+    if s.flags:
+        out.append(f"<h3 class='failed'>far outside the baseline ({html.escape(s.baseline)})</h3><ul>")
+        out += [f"<li class='failed'>{html.escape(f)}</li>" for f in s.flags]
+        out.append("</ul>")
     if s.differences:
         out.append(
             f"<h3>paired differences against {html.escape(s.baseline)}</h3>"

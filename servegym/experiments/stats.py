@@ -24,7 +24,9 @@ __all__ = [
     "unit_of",
 ]
 
-FRACTION_KPIS: frozenset[str] = frozenset({"slo_attainment", "quality", "hit_rate", "drop_rate", "false_hit_rate"})
+FRACTION_KPIS: frozenset[str] = frozenset(
+    {"slo_attainment", "quality", "hit_rate", "drop_rate", "failure_rate", "false_hit_rate"}
+)
 """KPIs that are shares of requests: tables print them in percent (differences in points)."""
 
 # Decimals never go beyond these (0.01%, 1 ms, $0.001): finer digits are noise in a table.
@@ -48,10 +50,18 @@ class Estimate:
 
 
 def estimate(values: Sequence[float], confidence: float = 0.95) -> Estimate:
-    """Mean and Student-t confidence half-width of per-seed values (NaNs are dropped)."""
+    """Mean and Student-t confidence half-width of per-seed values (NaNs are dropped).
+
+    An infinite value (a p95 that counts drops as infinitely slow) makes the mean
+    infinite and leaves no interval: it is never averaged away.
+    """
     x = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
     if len(x) == 0:
         return Estimate(math.nan, math.nan, 0)
+    if not np.isfinite(x).all():
+        infinite = x[~np.isfinite(x)]
+        mean = float(infinite[0]) if (infinite == infinite[0]).all() else math.nan
+        return Estimate(mean, math.nan, len(x))
     if len(x) == 1:
         return Estimate(float(x[0]), math.nan, 1)
     t = float(stats.t.ppf(0.5 + confidence / 2.0, len(x) - 1))
@@ -62,6 +72,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     """Estimate of ``mean(a - b)`` over seeds paired by position (common random numbers)."""
     if len(a) != len(b):
         raise ValueError(f"paired values need the same seeds: got {len(a)} and {len(b)} values")
+    if not all(math.isfinite(v) for v in (*a, *b) if not math.isnan(v)):
+        return Estimate(math.nan, math.nan, 0)  # infinity minus anything has no meaningful mean
     return estimate([x - y for x, y in zip(a, b, strict=True)], confidence)
 
 
@@ -123,6 +135,8 @@ def format_estimate(e: Estimate, kpi: str, difference: bool = False) -> str:
     """
     if math.isnan(e.mean):
         return "-"
+    if math.isinf(e.mean):
+        return "inf" if e.mean > 0 else "-inf"
     unit = unit_of(kpi)
     scale = 100.0 if unit == "%" else 1.0
     mean, half = e.mean * scale, e.half_width * scale

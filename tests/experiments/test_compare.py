@@ -73,7 +73,9 @@ def test_comparison_runs_through_joblib_with_two_workers(
     out = tmp_path / "sweep" / "comparison"
     table = (out / "leaderboard.txt").read_text()
     assert "scenario steady" in table and "paired differences against static+round_robin" in table
-    assert "baseline-to-oracle gap" in table
+    # oracle_router is a privileged heuristic, not a proven bound: named as an oracle, no gap to it.
+    assert "oracle_router * (oracle)" in table or "oracle_router (oracle)" in table
+    assert "baseline-to-oracle gap" not in table
     # Two seeds: the intervals are very wide, and the table, the report and stderr say so.
     assert table.startswith("warning: this comparison has only 2 seeds") and "seeds>=5" in table
     html = (out / "report.html").read_text()

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from servegym.experiments.compare import objective_usd, resolve_policy, seeds_of, sweep_values
+from servegym.experiments.compare import resolve_policy, seeds_of, sweep_values
 from servegym.experiments.evaluate import PolicyResult
 from servegym.experiments.leaderboard import format_summary, gap_closed, pareto_set, summarise
 from servegym.sim.config import ConfigError
+from servegym.sim.objective import Prices, objective_usd
 
 
 def result(name: str, **kpis: list[float]) -> PolicyResult:
@@ -39,14 +40,19 @@ def test_estimates_and_paired_differences_match_a_hand_computation() -> None:
 def test_gap_closed_and_its_undefined_cases() -> None:
     base = result("base", latency_p95_s=[10.0, 10.0], quality=[0.6, 0.6])
     half = result("half", latency_p95_s=[8.0, 8.0], quality=[0.7, 0.7])
-    oracle = result("oracle_router", latency_p95_s=[6.0, 6.0], quality=[0.6, 0.6])
+    oracle = result("clairvoyant", latency_p95_s=[6.0, 6.0], quality=[0.6, 0.6])
     assert gap_closed(half, base, oracle, "latency_p95_s") == pytest.approx(0.5)
     assert gap_closed(oracle, base, oracle, "latency_p95_s") == pytest.approx(1.0)
     # The oracle is no better on quality: no gap, no share.
     assert math.isnan(gap_closed(half, base, oracle, "quality"))
     s = summarise("x", [base, half, oracle], ["latency_p95_s", "quality"], "base", ["latency_p95_s", "quality"])
-    assert s.gap_reference == {"latency_p95_s": "oracle_router", "quality": "oracle_router"}
+    assert s.gap_reference == {"latency_p95_s": "clairvoyant", "quality": "clairvoyant"}
     assert s.gaps["half"]["latency_p95_s"] == pytest.approx(0.5)
+    # An oracle that is only a privileged heuristic (not a proven bound) defines no gap at all.
+    router = result("oracle_router", latency_p95_s=[1.0, 1.0], quality=[0.9, 0.9])
+    s = summarise("x", [base, half, router], ["latency_p95_s"], "base", ["latency_p95_s"])
+    assert s.gap_kpis == () and s.gap_reference == {}
+    assert "(oracle)" in format_summary(s)
     # Higher-is-better KPIs: an oracle with better quality defines the gap the other way.
     better = result("clairvoyant", latency_p95_s=[10.0, 10.0], quality=[0.8, 0.8])
     assert gap_closed(half, base, better, "quality") == pytest.approx(0.5)
@@ -56,15 +62,32 @@ def test_gap_closed_and_its_undefined_cases() -> None:
     assert math.isnan(gap_closed(half, base, noisy, "latency_p95_s"))
 
 
-def test_pareto_set_on_cost_and_p95() -> None:
+def test_pareto_set_on_cost_p95_and_drops() -> None:
     rs = [
-        result("cheap_slow", cost_usd=[1.0], latency_p95_s=[10.0]),
-        result("dear_fast", cost_usd=[5.0], latency_p95_s=[2.0]),
-        result("dominated", cost_usd=[5.0], latency_p95_s=[10.0]),
-        result("middle", cost_usd=[3.0], latency_p95_s=[5.0]),
-        result("tie_on_cost_worse", cost_usd=[3.0], latency_p95_s=[6.0]),
+        result("cheap_slow", cost_usd=[1.0], latency_p95_s=[10.0], drop_rate=[0.0]),
+        result("dear_fast", cost_usd=[5.0], latency_p95_s=[2.0], drop_rate=[0.0]),
+        result("dominated", cost_usd=[5.0], latency_p95_s=[10.0], drop_rate=[0.0]),
+        result("middle", cost_usd=[3.0], latency_p95_s=[5.0], drop_rate=[0.0]),
+        result("tie_on_cost_worse", cost_usd=[3.0], latency_p95_s=[6.0], drop_rate=[0.0]),
+        # Cheaper and faster than "middle" only because it turns half the users away:
+        # it joins the front (nothing beats it on all three) but cannot push "middle" off it.
+        result("dropper", cost_usd=[2.0], latency_p95_s=[4.0], drop_rate=[0.5]),
+        result("worse_dropper", cost_usd=[2.0], latency_p95_s=[4.0], drop_rate=[0.6]),
     ]
-    assert pareto_set(rs) == ["cheap_slow", "dear_fast", "middle"]
+    assert pareto_set(rs) == ["cheap_slow", "dear_fast", "middle", "dropper"]
+    assert pareto_set(rs, ("cost_usd", "latency_p95_s")) == ["cheap_slow", "dear_fast", "dropper", "worse_dropper"]
+
+
+def test_a_policy_that_drops_requests_ranks_below_and_is_flagged() -> None:
+    # As the issue found on a replayed trace: cheaper and "faster" by dropping half the requests.
+    hpa = result("hpa", objective_usd=[161.0, 160.0, 162.0], drop_rate=[0.04, 0.03, 0.04], cost_usd=[150.0] * 3)
+    ppo = result("ppo", objective_usd=[900.0, 880.0, 950.0], drop_rate=[0.50, 0.48, 0.55], cost_usd=[120.0] * 3)
+    s = summarise("trace", [ppo, hpa], ["objective_usd", "drop_rate", "cost_usd"], "hpa")
+    assert s.policies == ["hpa", "ppo"]  # ranked by mean objective
+    text = format_summary(s, {"objective_usd": "objective $"})
+    assert "far outside the baseline (hpa)" in text
+    assert "ppo drops 55.0% of requests on seed 2 (hpa: at most 4.0% on any seed)" in text
+    assert "worst objective $" in text and "950.00 (s2)" in text
 
 
 def test_summaries_need_the_same_seeds_and_a_known_baseline() -> None:
@@ -76,17 +99,10 @@ def test_summaries_need_the_same_seeds_and_a_known_baseline() -> None:
         summarise("s", [a], ["cost_usd"], baseline="c")
 
 
-def test_objective_prices_misses_and_bad_answers() -> None:
-    kpis = {
-        "requests": 110.0,
-        "in_flight": 10.0,
-        "completed": 90.0,
-        "slo_attainment": 0.8,
-        "quality": 0.5,
-        "cost_usd": 3.0,
-    }
-    # 100 finished, 20 missed; 90 completed, 45 bad: 3 + 0.01 * 20 + 0.005 * 45.
-    assert objective_usd(kpis, 0.01, 0.005) == pytest.approx(3.0 + 0.2 + 0.225)
+def test_objective_prices_misses_bad_answers_and_drops() -> None:
+    kpis = {"cost_usd": 3.0, "slo_misses": 20.0, "bad_answers": 45.0, "dropped": 4.0}
+    # 3 + 0.01 * 20 + 0.005 * 45 + 0.5 * 4.
+    assert objective_usd(kpis, Prices(0.01, 0.005, 0.5)) == pytest.approx(3.0 + 0.2 + 0.225 + 2.0)
 
 
 def test_config_helpers_reject_bad_values_by_name() -> None:
