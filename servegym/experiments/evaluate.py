@@ -5,9 +5,11 @@ scaling; ``Routing-v0``: routing; ``Caching-v0``: admission and semantic thresho
 ``Platform-v0``: any of them, joined with ``+``, e.g. ``hpa+cascade``). It runs as the
 simulator's controller through :class:`~servegym.policies.PolicyController` — the same
 observations and actions as inside the environment, without Gymnasium's per-step
-overhead. Oracles (``oracle_router``, ``clairvoyant``) run with their privileged
-knowledge. Seed ``s`` runs the platform with request seed ``s`` for every policy, so
-policies are compared on identical request streams and their paired differences are tight.
+overhead. Oracles run alone, with the built-in controller making the other decisions:
+``clairvoyant`` plans in hindsight and bounds every shipped scaler, ``oracle_router`` is
+a privileged heuristic (:data:`~servegym.sim.oracles.ORACLE_KINDS`). Seed ``s`` runs the
+platform with request seed ``s`` for every policy, so policies are compared on identical
+request streams and their paired differences are tight.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from omegaconf import MISSING
 
 from servegym.envs.features import admission_layout, interval_layout, routing_layout
 from servegym.experiments.robustness import outlier_flags
@@ -32,7 +36,7 @@ from servegym.policies import (
 )
 from servegym.sim.config import ScenarioConfig
 from servegym.sim.objective import Prices
-from servegym.sim.oracles import ClairvoyantScaler, OracleRouter
+from servegym.sim.oracles import ClairvoyantScaler, ControllerFactory, OracleRouter
 from servegym.sim.platform import Controller, Platform
 
 __all__ = [
@@ -79,7 +83,11 @@ ENV_DECISIONS: dict[str, frozenset[str]] = {
     "Platform-v0": frozenset({"scaling", "routing", "admission", "threshold"}),
 }
 
-ORACLES: dict[str, Callable[[], Controller]] = {"oracle_router": OracleRouter, "clairvoyant": ClairvoyantScaler}
+ORACLES: dict[str, Callable[..., Controller]] = {"oracle_router": OracleRouter, "clairvoyant": ClairvoyantScaler}
+"""The oracles by name; each runs alone, the built-in controller making the other decisions (see :func:`_oracle`)."""
+
+_NO_SHIPPED_DEFAULT = {"scheduled": "schedule"}
+"""Heuristics with an argument that has no shipped default: an oracle's warm start has them only when it is given."""
 
 KPI_COLUMNS = (
     ("objective_usd", "objective $"),
@@ -172,8 +180,7 @@ def _controller(
     if oracles:
         if len(chosen) > 1:
             raise ValueError(f"oracle {oracles[0]!r} runs alone; it cannot be combined in {spec!r}")
-        oracle: Controller = build_checked(oracles[0], ORACLES[oracles[0]], dict(params.get(oracles[0], {})))
-        return oracle
+        return _oracle(oracles[0], platform, params, seed)
     built: dict[str, Any] = dict(trained)
     for decision, name in chosen.items():
         kwargs = dict(params.get(name, {}))
@@ -200,6 +207,44 @@ def _controller(
                 kwargs["threshold"] = scenario.cache.semantic.threshold
         built[decision] = make_policy(name, **kwargs)
     return PolicyController(**built)
+
+
+def _oracle(name: str, platform: Platform, params: Mapping[str, Mapping[str, Any]], seed: int) -> Controller:
+    """Oracle ``name`` with its arguments from ``params``; ``clairvoyant`` gets every shipped scaler as a candidate.
+
+    The clairvoyant scaler is a bound only relative to its warm start
+    (:class:`~servegym.sim.oracles.ClairvoyantScaler`), so it is given every scaler of
+    :data:`~servegym.policies.POLICIES`, each built as ``servegym evaluate`` builds it for
+    ``Autoscaling-v0``: at the arguments ``params`` gives it, its shipped defaults
+    (``servegym/conf/policy/``) otherwise. ``scheduled`` has no default schedule and joins
+    only when ``params`` gives one. Each candidate is built once here, so a bad argument
+    fails before anything runs.
+    """
+    oracle: Controller = build_checked(name, ORACLES[name], dict(params.get(name, {})))
+    if isinstance(oracle, ClairvoyantScaler):
+        for heuristic, decision in DECISIONS.items():
+            if decision != "scaling" or heuristic not in POLICIES:
+                continue
+            required = _NO_SHIPPED_DEFAULT.get(heuristic)
+            if required is not None and (params.get(heuristic) or {}).get(required, MISSING) in (None, MISSING):
+                continue
+            try:
+                _controller(heuristic, "Autoscaling-v0", platform, params, seed)
+            except ValueError as exc:
+                raise ValueError(f"{name} warm-starts with {heuristic}, whose arguments are wrong: {exc}") from exc
+            oracle.candidates[heuristic] = _shipped_scaler(heuristic, params, seed)
+    return oracle
+
+
+def _shipped_scaler(name: str, params: Mapping[str, Mapping[str, Any]], seed: int) -> ControllerFactory:
+    """Builds scaler ``name`` for a fresh platform, as :func:`_controller` does for ``Autoscaling-v0``."""
+
+    def build(run: Platform) -> Controller:
+        controller = _controller(name, "Autoscaling-v0", run, params, seed)
+        assert controller is not None  # only the spec "builtin" has none
+        return controller
+
+    return build
 
 
 def run_policy(

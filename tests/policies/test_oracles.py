@@ -1,4 +1,7 @@
-"""Oracles bound what policies can do: Belady's cache, the oracle router, the clairvoyant scaler."""
+"""Oracles and their rules: Belady's cache, the oracle router, the clairvoyant scaler's foresight rule.
+
+That the clairvoyant scaler bounds every shipped scaler is tested in tests/experiments/test_oracle_bound.py.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from servegym.sim.config import (
     TokenLengths,
     WorkloadConfig,
 )
-from servegym.sim.oracles import ClairvoyantScaler, OracleRouter, belady_hits, lru_hits
+from servegym.sim.oracles import ForesightScaler, OracleRouter, belady_hits, lru_hits
 from servegym.sim.platform import Platform
 from servegym.sim.telemetry import COMPLETED
 
@@ -233,7 +236,7 @@ def test_oracle_router_dominates_every_heuristic_in_quality_and_in_the_price_of_
     assert oracle.token_usd < 0.5 * token_usd["Strongest"]
 
 
-# -- the clairvoyant scaler ---------------------------------------------------------------------
+# -- the clairvoyant scaler's foresight rule --------------------------------------------------
 
 DIURNAL = ScenarioConfig(
     name="diurnal",
@@ -256,8 +259,8 @@ DIURNAL = ScenarioConfig(
 )
 
 
-def test_clairvoyant_scaler_foresees_the_platforms_own_arrivals() -> None:
-    scaler = ClairvoyantScaler()
+def test_the_foresight_rule_foresees_the_platforms_own_arrivals() -> None:
+    scaler = ForesightScaler()
     platform = Platform(DIURNAL, scaler, seed=4)  # a seed other than the scenario's
     platform.run()
     assert len(scaler.arrival_s) == platform.arrived > 1000
@@ -265,10 +268,10 @@ def test_clairvoyant_scaler_foresees_the_platforms_own_arrivals() -> None:
 
 
 @pytest.mark.parametrize("cold_start_s", [10.0, 40.0])
-def test_clairvoyant_scaler_beats_static_scaling_at_the_same_cost(cold_start_s: float) -> None:
+def test_the_foresight_rule_beats_static_scaling_at_the_same_cost(cold_start_s: float) -> None:
     # A 40 s cold start spans four intervals: replicas shed now are needed again before new ones are ready.
     scenario = dataclasses.replace(DIURNAL, pool=dataclasses.replace(DIURNAL.pool, cold_start_mean_s=cold_start_s))
-    scaler = ClairvoyantScaler()
+    scaler = ForesightScaler()
     platform = Platform(scenario, scaler)
     kpis = platform.run()["all"]
     targets = [m.target_replicas for m in platform.intervals]
@@ -282,9 +285,9 @@ def test_clairvoyant_scaler_beats_static_scaling_at_the_same_cost(cold_start_s: 
     assert kpis["cost_usd"] <= 1.05 * baseline["cost_usd"]
 
 
-def test_clairvoyant_scaler_keeps_replicas_within_bounds() -> None:
+def test_the_foresight_rule_keeps_replicas_within_bounds() -> None:
     tight = dataclasses.replace(DIURNAL, pool=dataclasses.replace(DIURNAL.pool, min_replicas=3, max_replicas=6))
-    platform = Platform(tight, ClairvoyantScaler())
+    platform = Platform(tight, ForesightScaler())
     platform.run()
     targets = [m.target_replicas for m in platform.intervals]
     assert all(3 <= t <= 6 for t in targets)
