@@ -13,7 +13,9 @@ every policy the same requests (common random numbers). A scenario's summary hol
 - the share of the baseline-to-oracle gap a policy closes, ``(policy - baseline) /
   (oracle - baseline)`` on the means, where the oracle is the best of the evaluated
   oracles that are proven bounds (:func:`is_bound`) on that KPI (undefined, ``nan``, when
-  none beats the baseline); an oracle that is only a privileged heuristic gets no gap;
+  none beats the baseline), and only for policies the bound covers (:func:`bounded_by`: a
+  scaler against the clairvoyant scaler, not ``hpa+jsq``); an oracle that is only a
+  privileged heuristic gets no gap;
 - the Pareto set on mean cost, mean p95 latency of completed requests and mean drop rate
   (all lower is better): the policies no other policy matches or beats on all three with a
   strict improvement on one, so a policy cannot join it by serving fewer requests.
@@ -27,7 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from servegym.experiments.evaluate import PolicyResult, align_columns, format_worst
+from servegym.experiments.evaluate import DECISIONS, PolicyResult, align_columns, format_worst
 from servegym.experiments.robustness import outlier_flags
 from servegym.experiments.stats import Estimate, format_estimate, paired_difference
 from servegym.sim.oracles import ORACLE_KINDS
@@ -36,6 +38,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "HoldoutCheck",
     "ScenarioSummary",
+    "bounded_by",
     "format_holdout",
     "format_summary",
     "gap_closed",
@@ -69,6 +72,19 @@ def is_oracle(spec: str) -> bool:
 def is_bound(spec: str) -> bool:
     """Whether a policy spec is an oracle proven to bound the shipped heuristics (gaps are computed only to these)."""
     return any(ORACLE_KINDS.get(part) == "bound" for part in spec.split("+"))
+
+
+def bounded_by(spec: str, oracle: str) -> bool:
+    """Whether the bound ``oracle`` covers policy ``spec``: every part of it makes the oracle's decision.
+
+    The clairvoyant scaler bounds scalers run with the built-in rules for every other
+    decision, as it runs itself; ``hpa+jsq`` also routes, and may beat it by routing better.
+    Names the evaluation does not know (trained runs, variant labels) are not covered.
+    """
+    decision = {DECISIONS.get(part) for part in oracle.split("+")}
+    return all(
+        part == "builtin" or part in ORACLE_KINDS or {DECISIONS.get(part)} == decision for part in spec.split("+")
+    )
 
 
 def _mean(result: PolicyResult, kpi: str) -> float:
@@ -170,9 +186,11 @@ def summarise(
             continue
         sign = 1.0 if higher_is_better(kpi) else -1.0
         best = max(oracles, key=lambda o: sign * _mean(o, kpi) if math.isfinite(_mean(o, kpi)) else -math.inf)
+        if not bounded_by(base.policy, best.policy):
+            continue  # the baseline makes decisions the oracle leaves to the built-in rules: no bound holds
         gap_reference[kpi] = best.policy
         for r in results:
-            gaps[r.policy][kpi] = gap_closed(r, base, best, kpi)
+            gaps[r.policy][kpi] = gap_closed(r, base, best, kpi) if bounded_by(r.policy, best.policy) else math.nan
     return ScenarioSummary(
         scenario=scenario,
         seeds=tuple(seeds),

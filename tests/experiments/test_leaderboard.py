@@ -8,7 +8,7 @@ import pytest
 
 from servegym.experiments.compare import resolve_policy, seeds_of, sweep_values
 from servegym.experiments.evaluate import PolicyResult
-from servegym.experiments.leaderboard import format_summary, gap_closed, pareto_set, summarise
+from servegym.experiments.leaderboard import bounded_by, format_summary, gap_closed, pareto_set, summarise
 from servegym.sim.config import ConfigError
 from servegym.sim.objective import Prices, objective_usd
 
@@ -38,19 +38,19 @@ def test_estimates_and_paired_differences_match_a_hand_computation() -> None:
 
 
 def test_gap_closed_and_its_undefined_cases() -> None:
-    base = result("base", latency_p95_s=[10.0, 10.0], quality=[0.6, 0.6])
-    half = result("half", latency_p95_s=[8.0, 8.0], quality=[0.7, 0.7])
+    base = result("static", latency_p95_s=[10.0, 10.0], quality=[0.6, 0.6])
+    half = result("hpa", latency_p95_s=[8.0, 8.0], quality=[0.7, 0.7])
     oracle = result("clairvoyant", latency_p95_s=[6.0, 6.0], quality=[0.6, 0.6])
     assert gap_closed(half, base, oracle, "latency_p95_s") == pytest.approx(0.5)
     assert gap_closed(oracle, base, oracle, "latency_p95_s") == pytest.approx(1.0)
     # The oracle is no better on quality: no gap, no share.
     assert math.isnan(gap_closed(half, base, oracle, "quality"))
-    s = summarise("x", [base, half, oracle], ["latency_p95_s", "quality"], "base", ["latency_p95_s", "quality"])
+    s = summarise("x", [base, half, oracle], ["latency_p95_s", "quality"], "static", ["latency_p95_s", "quality"])
     assert s.gap_reference == {"latency_p95_s": "clairvoyant", "quality": "clairvoyant"}
-    assert s.gaps["half"]["latency_p95_s"] == pytest.approx(0.5)
+    assert s.gaps["hpa"]["latency_p95_s"] == pytest.approx(0.5)
     # An oracle that is only a privileged heuristic (not a proven bound) defines no gap at all.
     router = result("oracle_router", latency_p95_s=[1.0, 1.0], quality=[0.9, 0.9])
-    s = summarise("x", [base, half, router], ["latency_p95_s"], "base", ["latency_p95_s"])
+    s = summarise("x", [base, half, router], ["latency_p95_s"], "static", ["latency_p95_s"])
     assert s.gap_kpis == () and s.gap_reference == {}
     assert "(oracle)" in format_summary(s)
     # Higher-is-better KPIs: an oracle with better quality defines the gap the other way.
@@ -60,6 +60,22 @@ def test_gap_closed_and_its_undefined_cases() -> None:
     # interval contains zero) defines no gap: a share of it would be noise over noise.
     noisy = result("oracle_router", latency_p95_s=[7.0, 11.0], quality=[0.6, 0.6])
     assert math.isnan(gap_closed(half, base, noisy, "latency_p95_s"))
+
+
+def test_gaps_only_for_policies_the_bound_covers() -> None:
+    # The clairvoyant scaler bounds scalers; hpa+jsq also routes and may beat it by routing.
+    assert bounded_by("hpa", "clairvoyant") and bounded_by("static+builtin", "clairvoyant")
+    assert not bounded_by("hpa+jsq", "clairvoyant") and not bounded_by("run:abc", "clairvoyant")
+    static = result("static", objective_usd=[10.0, 10.2])
+    hpa = result("hpa", objective_usd=[8.0, 8.1])
+    both = result("hpa+jsq", objective_usd=[5.0, 5.1])
+    oracle = result("clairvoyant", objective_usd=[6.0, 6.2])
+    s = summarise("x", [static, hpa, both, oracle], ["objective_usd"], "static", ["objective_usd"])
+    assert s.gaps["hpa"]["objective_usd"] == pytest.approx((8.05 - 10.1) / (6.1 - 10.1))
+    assert math.isnan(s.gaps["hpa+jsq"]["objective_usd"])
+    # A baseline the bound does not cover: no gap table at all.
+    s = summarise("x", [both, hpa, oracle], ["objective_usd"], "hpa+jsq", ["objective_usd"])
+    assert s.gap_kpis == ()
 
 
 def test_pareto_set_on_cost_p95_and_drops() -> None:
