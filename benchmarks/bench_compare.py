@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 HEURISTICS = [
-    "static+round_robin",
-    "hpa+round_robin",
-    "kpa+round_robin",
+    "static",
+    "hpa",
+    "kpa",
     "hpa+jsq",
     "hpa+cascade",
     "kpa+cascade+frequency",
