@@ -22,7 +22,13 @@ import yaml
 from servegym import __version__
 from servegym.sim.config import ConfigError, ScenarioConfig, apply_overrides, load_scenario, scenario_to_dict
 from servegym.sim.platform import Platform
-from servegym.sim.telemetry import format_kpi_table, intervals_to_columns, write_chrome_trace, write_table
+from servegym.sim.telemetry import (
+    format_kpi_table,
+    intervals_to_columns,
+    trace_summary,
+    write_chrome_trace,
+    write_table,
+)
 from servegym.sim.workload import TraceError
 
 __all__ = ["TELEMETRY_FILES", "check_out_dir", "main", "write_telemetry"]
@@ -135,7 +141,14 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{platform.arrived} requests in {elapsed:.2f} s wall ({platform.arrived / max(elapsed, 1e-9):,.0f} "
         f"requests/s; building the platform took {built - start:.2f} s)"
     )
-    print(format_kpi_table(kpis, platform.level_names))
+    print(format_kpi_table(kpis, platform.level_names, platform.now))
+    overall = kpis["all"]
+    if "trace_requests" in overall and overall["requests"] < overall["trace_requests"]:
+        print(
+            f"servegym: warning: {trace_summary(overall, platform.now).removeprefix('trace: ')}; "
+            f"to replay the whole trace, pass duration_s=null or a --duration above {overall['trace_end_s']:g} s",
+            file=sys.stderr,
+        )
     if args.out is not None:
         files = write_telemetry(platform, Path(args.out), args.format, args.max_spans)
         print(f"telemetry written to {args.out}: " + ", ".join(p.name for p in files))

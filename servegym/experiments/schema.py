@@ -4,9 +4,11 @@
 cannot take those as they are (it has no ``Literal``, and tuples are lists in YAML), so
 :func:`schema_of` derives from each one an OmegaConf-compatible twin with the same field
 names, defaults and nesting: ``Literal[...]`` becomes ``str``, ``tuple[X, ...]`` becomes
-``list[X]``. Registered as the ``schema/scenario`` node, the twin is merged under every
-scenario YAML, so Hydra rejects a misspelt key or a mistyped value while composing,
-naming the full key (``scenario.pool.max_replica``). Value checks (ranges, the allowed
+``list[X]``, and a field marked ``metadata={"nullable": True}`` becomes ``Optional``
+(``duration_s``: a trace replay may leave it to its trace). Registered as the
+``schema/scenario`` node, the twin is merged under every scenario YAML, so Hydra rejects
+a misspelt key or a mistyped value while composing, naming the full key
+(``scenario.pool.max_replica``). Value checks (ranges, the allowed
 strings of a ``Literal``) then run in :func:`servegym.sim.config.scenario_from_dict`,
 before anything is simulated or trained.
 
@@ -75,6 +77,9 @@ def schema_of(cls: type) -> type:
     fields: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(cls):
         tp = _convert_type(hints[f.name])
+        if f.metadata.get("nullable"):
+            # null is resolved by scenario_from_dict (a trace replay's duration_s: its span)
+            tp = typing.Optional[tp]  # noqa: UP045 - OmegaConf needs a runtime Optional object
         if f.default is not dataclasses.MISSING:
             default = _convert_value(f.default)
             if isinstance(default, list) or dataclasses.is_dataclass(default):

@@ -166,7 +166,7 @@ class FlashCrowd:
 
 
 ArrivalKind = Literal["poisson", "diurnal", "gamma", "mmpp", "trace"]
-TraceSchema = Literal["azure", "plain"]
+TraceSchema = Literal["azure", "plain", "mooncake"]
 
 
 @dataclass(frozen=True)
@@ -179,10 +179,21 @@ class WorkloadConfig:
     inter-arrivals of mean ``1/rate_rps`` and coefficient of variation ``cv``); ``mmpp``
     (two-state Markov-modulated Poisson: calm at ``rate_rps``, bursts at
     ``burst_rate_rps``, exponential sojourns of mean ``mean_calm_s`` and ``mean_burst_s``);
-    ``trace`` (replay of ``trace_path`` in the ``azure`` or ``plain`` CSV schema, times
-    divided by ``trace_speedup``). Flash crowds multiply the rate of the Poisson-family
-    processes. Request embeddings: ``embedding_dim`` dimensions; intents cluster in topics
-    of ``intents_per_topic`` with spread ``intent_spread``; phrasing variants add noise of
+    ``trace`` (replay of ``trace_path``, times divided by ``trace_speedup``). Flash crowds
+    multiply the rate of the Poisson-family processes.
+
+    Trace schemas (``trace_schema``): ``azure``, the CSV of the Azure LLM inference traces
+    (``TIMESTAMP,ContextTokens,GeneratedTokens``, ISO timestamps); ``plain``, CSV
+    ``time_s,prompt_tokens,output_tokens`` (seconds, header optional); ``mooncake``, the
+    JSON Lines of the Mooncake traces (Qin et al., FAST 2025), one object per line with
+    ``timestamp`` (milliseconds), ``input_length``, ``output_length`` and ``hash_ids`` (the
+    prompt's blocks as integers; equal leading ids mean a shared prefix; read and kept on
+    the :class:`~servegym.sim.workload.Trace`, not modelled). Requests must be in time
+    order, and arrive at their offset from the trace's first request. A scenario with
+    ``duration_s: null`` runs until the whole trace has arrived (see :class:`ScenarioConfig`).
+
+    Request embeddings: ``embedding_dim`` dimensions; intents cluster in topics of
+    ``intents_per_topic`` with spread ``intent_spread``; phrasing variants add noise of
     scale ``phrasing_noise``.
     """
 
@@ -507,11 +518,24 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class ScenarioConfig:
-    """A whole scenario: what arrives, what serves it, and for how long."""
+    """A whole scenario: what arrives, what serves it, and for how long.
+
+    A trace replay may leave its length to the trace: ``duration_s: null`` in a scenario
+    file or mapping means "until the trace's last request has arrived", and
+    :func:`scenario_from_dict` resolves it to a number when it builds the scenario (so
+    ``duration_s`` is always a number here). The resolved length is the trace's span
+    divided by ``workload.trace_speedup``, rounded up to the next whole control interval
+    strictly after the last arrival: the last request arrives inside the run (one arriving
+    exactly at the end would belong to the next run and be lost), the last interval is a
+    full one, and the last requests have up to an interval to finish. Any number given
+    (``duration_s=900``, ``--duration``) wins; ``null`` on a workload that replays no trace
+    is refused.
+    """
 
     name: str = "default"
     seed: int = 0
-    duration_s: float = 3_600.0
+    # Nullable in YAML (the Hydra schema makes it Optional), resolved by scenario_from_dict.
+    duration_s: float = field(default=3_600.0, metadata={"nullable": True})
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     backends: tuple[BackendConfig, ...] = (BackendConfig(),)
     pool: PoolConfig = field(default_factory=PoolConfig)
@@ -627,13 +651,47 @@ def scenario_from_dict(data: Mapping[str, Any]) -> ScenarioConfig:
     As in a scenario file, ``base: <shipped name or YAML path>`` starts from that scenario
     and the other keys override it (mappings merge key by key, lists are replaced whole):
     ``{"base": "default", "pool": {"max_replicas": 30}}``. Without ``base``, missing keys
-    take the dataclasses' defaults.
+    take the dataclasses' defaults. ``duration_s: None`` (YAML ``null``) becomes the
+    length that replays the whole trace (:class:`ScenarioConfig`), so the scenario
+    returned, written back with :func:`scenario_to_dict`, loads again as itself.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a scenario must be a mapping of keys, got {type(data).__name__}")
     if "base" in data:
         data = _merged(_base_data(data["base"]), {k: v for k, v in data.items() if k != "base"})
+    if "duration_s" in data and data["duration_s"] is None:
+        # Validate everything else first, with any length, then measure the trace.
+        scenario = _build(ScenarioConfig, {**data, "duration_s": 1.0}, "")
+        return dataclasses.replace(scenario, duration_s=_trace_duration_s(scenario))
     return _build(ScenarioConfig, data, "")
+
+
+def _trace_duration_s(scenario: ScenarioConfig) -> float:
+    """The length of a run that replays the scenario's whole trace (what ``duration_s: null`` means).
+
+    The trace's span divided by the speed-up, rounded up to the next whole control
+    interval strictly after the last arrival (see :class:`ScenarioConfig`). The trace is
+    read once per file version (:func:`~servegym.sim.workload.load_trace`).
+    """
+    workload = scenario.workload
+    if workload.kind != "trace":
+        raise ConfigError(
+            f"duration_s = None is invalid: null means 'until the replayed trace ends', but workload.kind = "
+            f"{workload.kind!r} replays no trace: give the run's length in seconds"
+        )
+    from servegym.sim.workload import TraceError, load_trace  # workload imports this module
+
+    assert workload.trace_path is not None  # WorkloadConfig requires it for kind 'trace'
+    try:
+        trace = load_trace(workload.trace_path, workload.trace_schema)
+    except TraceError as exc:
+        raise ConfigError(f"workload.trace_path: {exc}") from None
+    last_s = trace.last_arrival_s / workload.trace_speedup
+    interval = scenario.control.interval_s
+    duration = (math.floor(last_s / interval) + 1) * interval
+    while duration <= last_s:  # guards the rounding of the division above
+        duration += interval
+    return float(duration)
 
 
 def scenario_to_dict(scenario: ScenarioConfig) -> dict[str, Any]:
@@ -720,7 +778,9 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Sc
     defaults. ``overrides`` (``dotted.key=value``) are applied to the file's contents
     *before* the scenario is validated, so a scenario that is incomplete on its own
     (``trace_replay`` needs ``workload.trace_path``) loads once the override supplies
-    the missing value.
+    the missing value. A file that follows its trace (``duration_s: null``) follows it
+    after the overrides too (``workload.trace_speedup=2`` doubles the run) unless they
+    set ``duration_s``.
     """
     path = _scenario_path(name_or_path)
     data = _scenario_data(path)
@@ -730,6 +790,10 @@ def load_scenario(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Sc
         if not overrides:
             raise ConfigError(f"{path}: {exc}") from None
     else:
+        follows_trace = "duration_s" in data and data["duration_s"] is None
+        if follows_trace and overrides and not any(item.partition("=")[0] == "duration_s" for item in overrides):
+            # The file follows its trace: measure it again once the overrides have changed it.
+            overrides = [*overrides, "duration_s=null"]
         return apply_overrides(complete, overrides)
     # The file alone is incomplete: let the overrides fill it in, then validate. Unknown
     # names still fail there, naming the key.
@@ -778,7 +842,9 @@ def _set_override(data: dict[str, Any], item: str, create_missing: bool = False)
 def apply_overrides(scenario: ScenarioConfig, overrides: Sequence[str]) -> ScenarioConfig:
     """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a scenario.
 
-    List items are addressed by index: ``backends.0.capability=0.9``.
+    List items are addressed by index: ``backends.0.capability=0.9``. A built scenario's
+    ``duration_s`` is a number even when it came from its trace; ``duration_s=null``
+    measures the (overridden) trace again.
     """
     data = scenario_to_dict(scenario)
     for item in overrides:

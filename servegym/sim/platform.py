@@ -690,9 +690,14 @@ class Platform:
         return self.replica_usd() + self.token_usd + self.storage_usd()
 
     def kpis(self) -> dict[str, dict[str, float]]:
-        """KPIs of the run so far, overall (``"all"``) and per tenant."""
+        """KPIs of the run so far, overall (``"all"``) and per tenant.
+
+        A trace replay adds ``trace_requests`` and ``trace_end_s`` overall: the run has
+        replayed ``requests`` of the trace's ``trace_requests``, whose last arrives at ``trace_end_s``.
+        """
         self._expire_queue()
         tenants = self.scenario.workload.tenants
+        trace = self.workload.trace
         return compute_kpis(
             self.requests.frame(self.arrived, KPI_COLUMNS),
             tenant_names=[t.name for t in tenants],
@@ -703,6 +708,8 @@ class Platform:
             storage_usd=self.storage_usd(),
             replica_seconds=self.pool.replica_seconds(),
             prices=self.prices,
+            trace_requests=len(trace) if trace is not None else None,
+            trace_end_s=trace.last_arrival_s / self.scenario.workload.trace_speedup if trace is not None else math.nan,
         )
 
     def objective_usd(self) -> float:

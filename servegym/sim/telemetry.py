@@ -38,6 +38,7 @@ __all__ = [
     "Requests",
     "compute_kpis",
     "format_kpi_table",
+    "trace_summary",
     "write_chrome_trace",
     "write_table",
 ]
@@ -301,6 +302,8 @@ def compute_kpis(
     storage_usd: float,
     replica_seconds: float,
     prices: Prices | None = None,
+    trace_requests: int | None = None,
+    trace_end_s: float = math.nan,
 ) -> dict[str, dict[str, float]]:
     """KPIs overall (key ``"all"``) and per tenant, from request columns (at least :data:`KPI_COLUMNS`).
 
@@ -310,6 +313,9 @@ def compute_kpis(
     flight at the end count for none of them. ``dropped`` counts failures too
     (``failed`` is their share of it). ``cost_usd`` (overall only) is replicas + tokens +
     storage; with ``prices``, ``objective_usd`` (overall only) is the run's objective.
+    A trace replay passes the trace's length and when its last request arrives (seconds
+    of simulated time): overall, ``trace_requests`` and ``trace_end_s`` then say how much
+    of the trace the run replayed (``requests`` of ``trace_requests``).
     """
     slo = np.asarray(tenant_slo_s, dtype=np.float64)[cols["tenant"]] if len(cols["tenant"]) else np.zeros(0)
     everything = np.ones(len(cols["tenant"]), dtype=bool)
@@ -323,6 +329,9 @@ def compute_kpis(
     overall["cost_per_1k_requests_usd"] = overall["cost_usd"] * 1000.0 / requests
     if prices is not None:
         overall["objective_usd"] = objective_usd(overall, prices)
+    if trace_requests is not None:
+        overall["trace_requests"] = float(trace_requests)
+        overall["trace_end_s"] = trace_end_s
     for k, name in enumerate(tenant_names):
         result[name] = _group_kpis(cols, cols["tenant"] == k, slo, duration_s, len(level_names))
     return result
@@ -344,8 +353,12 @@ _TABLE_COLUMNS = (
 )
 
 
-def format_kpi_table(kpis: dict[str, dict[str, float]], level_names: list[str]) -> str:
-    """A plain-text KPI table: one row overall and one per tenant, then cost and cache lines."""
+def format_kpi_table(kpis: dict[str, dict[str, float]], level_names: list[str], end_s: float | None = None) -> str:
+    """A plain-text KPI table: one row overall and one per tenant, then cost and cache lines.
+
+    A trace replay adds a line saying how much of the trace was replayed (:func:`trace_summary`;
+    ``end_s`` is the run's end, for that line).
+    """
     header = ["scope"] + [label for _, label, _ in _TABLE_COLUMNS]
     rows = [header]
     for scope, values in kpis.items():
@@ -369,7 +382,25 @@ def format_kpi_table(kpis: dict[str, dict[str, float]], level_names: list[str]) 
     if level_names:
         per_level = ", ".join(f"{name} {total[f'hit_rate_l{k}']:.1%}" for k, name in enumerate(level_names))
         lines.append(f"hit rate by tier: {per_level}")
+    if "trace_requests" in total:
+        lines.append(trace_summary(total, end_s))
     return "\n".join(lines)
+
+
+def trace_summary(kpis: Mapping[str, float], end_s: float | None = None) -> str:
+    """How much of its trace a replay replayed, from its overall KPIs; ``end_s``, the run's end, when known.
+
+    ``trace: replayed 8,700 of 8,819 requests (the run ended at 840 s, before the
+    trace's last request at 859 s)``, or ``trace: replayed all 8,819 requests``.
+    """
+    replayed, total = int(kpis["requests"]), int(kpis["trace_requests"])
+    if replayed >= total:
+        return f"trace: replayed all {total:,} requests (the last at {kpis['trace_end_s']:,.0f} s)"
+    ended = f"the run ended at {end_s:,.0f} s, " if end_s is not None else "the run ended "
+    return (
+        f"trace: replayed {replayed:,} of {total:,} requests ({ended}before the trace's last request "
+        f"at {kpis['trace_end_s']:,.0f} s)"
+    )
 
 
 def write_table(columns: Mapping[str, np.ndarray | list[Any]], path: Path) -> Path:

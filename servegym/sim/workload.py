@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtri
@@ -22,9 +25,11 @@ from scipy.special import ndtri
 from servegym.sim.config import TenantConfig, WorkloadConfig
 from servegym.sim.random import Streams
 
-__all__ = ["RequestBatch", "Trace", "TraceError", "Workload", "read_trace"]
+__all__ = ["RequestBatch", "Trace", "TraceError", "Workload", "load_trace", "read_trace"]
 
 BATCH = 4_096
+TRACE_SCHEMAS = ("azure", "plain", "mooncake")
+_INT64_MAX = 2**63 - 1
 
 
 class TraceError(ValueError):
@@ -33,14 +38,34 @@ class TraceError(ValueError):
 
 @dataclass(frozen=True)
 class Trace:
-    """A replayable trace: arrival offsets in seconds from its first request, and tokens."""
+    """A replayable trace: arrival offsets in seconds from its first request, and tokens.
+
+    A Mooncake trace also describes each prompt as blocks of tokens, by hash: two
+    requests whose ``hash_ids`` start alike share that prompt prefix. The ids of all
+    requests are concatenated in ``hash_ids``; request ``i``'s are
+    ``hash_ids[hash_ids_start[i]:hash_ids_start[i + 1]]`` (:meth:`hash_ids_of`). The CSV
+    schemas have none (both ``None``).
+    """
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    hash_ids: np.ndarray | None = None
+    hash_ids_start: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+    @property
+    def last_arrival_s(self) -> float:
+        """When the last request arrives, in seconds after the first (before any speed-up)."""
+        return float(self.arrival_s[-1])
+
+    def hash_ids_of(self, i: int) -> np.ndarray:
+        """The prompt block hashes of request ``i`` (Mooncake traces only)."""
+        if self.hash_ids is None or self.hash_ids_start is None:
+            raise ValueError("this trace has no hash_ids: only the mooncake schema carries them")
+        return self.hash_ids[self.hash_ids_start[i] : self.hash_ids_start[i + 1]]
 
 
 def _parse_tokens(raw: str, column: str, where: str) -> int:
@@ -53,85 +78,219 @@ def _parse_tokens(raw: str, column: str, where: str) -> int:
     return value
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is dropped); a bad byte is reported by line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TraceError(
+            f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; a trace must be UTF-8"
+        ) from None
+
+
 def read_trace(path: str | Path, schema: str = "azure") -> Trace:
-    """Read a request trace from CSV.
+    """Read a request trace: CSV in the ``azure`` or ``plain`` schema, or ``mooncake`` JSON Lines.
 
     ``azure``: the schema of the Azure LLM inference traces,
     ``TIMESTAMP,ContextTokens,GeneratedTokens`` with ISO timestamps.
     ``plain``: ``time_s,prompt_tokens,output_tokens`` with seconds since the start
-    (a header line is optional). Rows must be in time order; a malformed row raises
-    :class:`TraceError` with its line number.
+    (a header line is optional).
+    ``mooncake``: the schema of the Mooncake traces (Qin et al., FAST 2025), one JSON
+    object per line: ``timestamp`` (milliseconds, an integer or a number),
+    ``input_length`` and ``output_length`` (tokens), ``hash_ids`` (a list of integers:
+    the prompt's blocks, shared ids marking a shared prefix); other keys are ignored.
+    Requests must be in time order; times become offsets from the first request. A
+    malformed row or line raises :class:`TraceError` naming the file and the line.
     """
     path = Path(path)
-    if schema not in ("azure", "plain"):
-        raise TraceError(f"trace schema {schema!r} is unknown: must be azure or plain")
+    if schema not in TRACE_SCHEMAS:
+        raise TraceError(f"trace schema {schema!r} is unknown: must be {', '.join(TRACE_SCHEMAS[:-1])} or mooncake")
     if not path.exists():
         raise TraceError(f"trace file {path} does not exist")
+    text = _read_text(path)
+    if schema == "mooncake":
+        return _read_mooncake(path, text)
+    return _read_csv(path, text, schema)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_trace(resolved: str, mtime_ns: int, size: int, schema: str) -> Trace:
+    trace = read_trace(resolved, schema)
+    for f in dataclasses.fields(trace):
+        array = getattr(trace, f.name)
+        if array is not None:
+            array.setflags(write=False)
+    return trace
+
+
+def load_trace(path: str | Path, schema: str = "azure") -> Trace:
+    """:func:`read_trace`, read once per file version: cached by path, modification time, size and schema.
+
+    Building a scenario that follows its trace (``duration_s: null``) and every platform
+    of it (an environment builds one per episode) share one read. The arrays are read-only.
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return read_trace(path, schema)  # the reader says what is wrong with the path
+    return _cached_trace(str(path.resolve()), stat.st_mtime_ns, stat.st_size, schema)
+
+
+_CSV_HEADERS = {
+    "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
+    "plain": ("time_s", "prompt_tokens", "output_tokens"),
+}
+
+
+def _schema_hint(first_line: str, schema: str) -> str:
+    """A hint naming the schema a trace's first line belongs to, when it is not ``schema``; else ``""``."""
+    if schema != "mooncake" and first_line.lstrip().startswith("{"):
+        return ": it is JSON Lines, set workload.trace_schema=mooncake"
+    header = tuple(c.strip() for c in first_line.split(","))
+    for other, columns in _CSV_HEADERS.items():
+        if other != schema and header == columns:
+            return f": it is the {'Azure' if other == 'azure' else 'plain'} schema, set workload.trace_schema={other}"
+    return ""
+
+
+def _read_csv(path: Path, text: str, schema: str) -> Trace:
     times: list[float] = []
     prompts: list[int] = []
     outputs: list[int] = []
     origin: datetime | None = None
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        for row in reader:
-            line = reader.line_num
-            where = f"{path}, line {line}"
-            if not row or all(not cell.strip() for cell in row):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    for row in reader:
+        line = reader.line_num
+        where = f"{path}, line {line}"
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if line == 1:
+            if [c.strip() for c in row] == list(_CSV_HEADERS[schema]):
                 continue
-            if line == 1:
-                header = [c.strip() for c in row]
-                if schema == "azure":
-                    if header != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
-                        hint = (
-                            ": it is the plain schema, set workload.trace_schema=plain"
-                            if header == ["time_s", "prompt_tokens", "output_tokens"]
-                            else ""
-                        )
-                        raise TraceError(
-                            f"{where}: header {row} is not the Azure schema "
-                            f"TIMESTAMP,ContextTokens,GeneratedTokens{hint}"
-                        )
-                    continue
-                if header == ["time_s", "prompt_tokens", "output_tokens"]:
-                    continue
-                if header == ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]:
-                    raise TraceError(
-                        f"{where}: header {row} is the Azure schema, but workload.trace_schema = 'plain': "
-                        "set workload.trace_schema=azure"
-                    )
-            if len(row) != 3:
-                raise TraceError(f"{where}: expected 3 fields, found {len(row)}: {row}")
-            stamp, prompt, output = (cell.strip() for cell in row)
+            hint = _schema_hint(",".join(row), schema)
+            expected = ",".join(_CSV_HEADERS[schema])
             if schema == "azure":
-                try:
-                    moment = datetime.fromisoformat(stamp)
-                except ValueError:
-                    raise TraceError(f"{where}: TIMESTAMP {stamp!r} is not an ISO date and time") from None
-                if origin is None:
-                    origin = moment
-                elif (moment.tzinfo is None) != (origin.tzinfo is None):
-                    raise TraceError(f"{where}: TIMESTAMP {stamp!r} mixes time zones with the first row's")
-                t = (moment - origin).total_seconds()
-                columns = ("ContextTokens", "GeneratedTokens")
-            else:
-                try:
-                    t = float(stamp)
-                except ValueError:
-                    raise TraceError(f"{where}: time_s {stamp!r} is not a number") from None
-                if not math.isfinite(t) or t < 0:
-                    raise TraceError(f"{where}: time_s {stamp!r} must be a finite number >= 0")
-                columns = ("prompt_tokens", "output_tokens")
-            if times and t < times[-1]:
-                raise TraceError(f"{where}: time goes backwards ({t:.6f} s after {times[-1]:.6f} s); sort the trace")
-            times.append(t)
-            prompts.append(_parse_tokens(prompt, columns[0], where))
-            outputs.append(_parse_tokens(output, columns[1], where))
+                raise TraceError(f"{where}: header {row} is not the Azure schema {expected}{hint}")
+            if hint:  # the plain schema's header is optional: only another schema's first line is refused here
+                raise TraceError(f"{where}: {row} is not the plain schema {expected}{hint}")
+        if len(row) != 3:
+            raise TraceError(f"{where}: expected 3 fields, found {len(row)}: {row}")
+        stamp, prompt, output = (cell.strip() for cell in row)
+        if schema == "azure":
+            try:
+                moment = datetime.fromisoformat(stamp)
+            except ValueError:
+                raise TraceError(f"{where}: TIMESTAMP {stamp!r} is not an ISO date and time") from None
+            if origin is None:
+                origin = moment
+            elif (moment.tzinfo is None) != (origin.tzinfo is None):
+                raise TraceError(f"{where}: TIMESTAMP {stamp!r} mixes time zones with the first row's")
+            t = (moment - origin).total_seconds()
+            columns = ("ContextTokens", "GeneratedTokens")
+        else:
+            try:
+                t = float(stamp)
+            except ValueError:
+                raise TraceError(f"{where}: time_s {stamp!r} is not a number") from None
+            if not math.isfinite(t) or t < 0:
+                raise TraceError(f"{where}: time_s {stamp!r} must be a finite number >= 0")
+            columns = ("prompt_tokens", "output_tokens")
+        if times and t < times[-1]:
+            raise TraceError(f"{where}: time goes backwards ({t:.6f} s after {times[-1]:.6f} s); sort the trace")
+        times.append(t)
+        prompts.append(_parse_tokens(prompt, columns[0], where))
+        outputs.append(_parse_tokens(output, columns[1], where))
     if not times:
         raise TraceError(f"{path}: the trace has no requests")
     arrival = np.asarray(times, dtype=np.float64)
     if schema == "plain":
         arrival -= arrival[0]
     return Trace(arrival, np.asarray(prompts, dtype=np.int64), np.asarray(outputs, dtype=np.int64))
+
+
+_MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
+
+
+def _json_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mooncake_count(record: dict[str, Any], key: str, where: str) -> int:
+    value = record[key]
+    if not _json_int(value):
+        raise TraceError(f"{where}: {key} {value!r} is not an integer number of tokens")
+    if value < 0:
+        raise TraceError(f"{where}: {key} {value} is negative")
+    if value > _INT64_MAX:
+        raise TraceError(f"{where}: {key} {value} is too large (at most {_INT64_MAX})")
+    return int(value)
+
+
+def _read_mooncake(path: Path, text: str) -> Trace:
+    """The ``mooncake`` schema: JSON Lines of ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids``."""
+    stamps_ms: list[float] = []
+    prompts: list[int] = []
+    outputs: list[int] = []
+    hash_ids: list[int] = []
+    starts = [0]
+    # Lines end at "\n" only (str.splitlines would also split at characters JSON strings may hold).
+    for line_no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{path}, line {line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            hint = ""
+            if line_no == 1:
+                csv_like = "," in line and not line.startswith(("{", "["))
+                hint = _schema_hint(line, "mooncake") or (
+                    ": it looks like CSV, set workload.trace_schema=azure or plain" if csv_like else ""
+                )
+            raise TraceError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}){hint}") from None
+        if not isinstance(record, dict):
+            raise TraceError(
+                f"{where}: expected a JSON object with keys {', '.join(_MOONCAKE_KEYS)}, "
+                f"found {type(record).__name__} {line[:60]}"
+            )
+        missing = [key for key in _MOONCAKE_KEYS if key not in record]
+        if missing:
+            raise TraceError(f"{where}: missing key {missing[0]!r}; a Mooncake line has {', '.join(_MOONCAKE_KEYS)}")
+        stamp = record["timestamp"]
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
+            raise TraceError(f"{where}: timestamp {stamp!r} is not a finite number of milliseconds")
+        if stamp < 0:
+            raise TraceError(f"{where}: timestamp {stamp} is negative")
+        if stamps_ms and stamp < stamps_ms[-1]:
+            raise TraceError(
+                f"{where}: time goes backwards (timestamp {stamp} ms after {stamps_ms[-1]} ms); sort the trace"
+            )
+        blocks = record["hash_ids"]
+        if not isinstance(blocks, list):
+            raise TraceError(f"{where}: hash_ids {blocks!r} is not a list of integers")
+        for block in blocks:
+            if not _json_int(block) or not -_INT64_MAX - 1 <= block <= _INT64_MAX:
+                raise TraceError(f"{where}: hash_ids holds {block!r}, not a 64-bit integer")
+        stamps_ms.append(stamp)
+        prompts.append(_mooncake_count(record, "input_length", where))
+        outputs.append(_mooncake_count(record, "output_length", where))
+        hash_ids.extend(blocks)
+        starts.append(len(hash_ids))
+    if not stamps_ms:
+        raise TraceError(f"{path}: the trace has no requests")
+    arrival = np.asarray(stamps_ms, dtype=np.float64) / 1000.0
+    arrival -= arrival[0]
+    return Trace(
+        arrival,
+        np.asarray(prompts, dtype=np.int64),
+        np.asarray(outputs, dtype=np.int64),
+        np.asarray(hash_ids, dtype=np.int64),
+        np.asarray(starts, dtype=np.int64),
+    )
 
 
 @dataclass
@@ -226,7 +385,7 @@ class Workload:
         self.tenant_cdf[-1] = 1.0
         if cfg.kind == "trace" and trace is None:
             assert cfg.trace_path is not None
-            trace = read_trace(cfg.trace_path, cfg.trace_schema)
+            trace = load_trace(cfg.trace_path, cfg.trace_schema)
         self.trace = trace
         self._mmpp_switch_s: np.ndarray | None = None
 
