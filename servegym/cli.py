@@ -302,7 +302,12 @@ def _composition_error(command: str, args: list[str]) -> str | None:
                 compose(config_name=command, overrides=candidate)
             except (HydraException, OmegaConfBaseException) as exc:
                 cause = exc.__cause__  # compose() keeps the details (the key, the type) there
-                return _one_line(f"{exc}\n{cause}" if cause is not None and str(cause) not in str(exc) else str(exc))
+                line = _one_line(f"{exc}\n{cause}" if cause is not None and str(cause) not in str(exc) else str(exc))
+                moved = [o for o in candidate if o.lstrip("+~").startswith("objective.")]
+                if moved:
+                    key = moved[0].lstrip("+~").partition("=")[0]
+                    line += f" (the objective's prices are scenario keys: write scenario.{key})"
+                return line
     return None
 
 

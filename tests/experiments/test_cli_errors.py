@@ -19,6 +19,9 @@ from servegym.cli import _composition_error, main
         (["train", "-m", "seed=0,1", "agent=ppo,ppo3"], "Could not find 'agent/ppo3'"),  # every swept value
         (["compare", "params.hpa.target_utilization=0.6"], "Could not override 'params.hpa.target_utilization'"),
         (["export", "run=heuristic:hpa", "scenario=stedy", "out=x"], "Could not find 'scenario/stedy'"),
+        # The objective's prices moved into the scenario: the old key names the new one.
+        (["compare", "objective.slo_miss_usd=0.02"], "write scenario.objective.slo_miss_usd"),
+        (["compare", "scenario.objective.bad_answer_usd=null"], "scenario.objective.bad_answer_usd' is not Optional"),
     ],
 )
 def test_a_composition_mistake_is_one_line_with_exit_2(
