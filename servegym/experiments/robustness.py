@@ -13,16 +13,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
-from servegym.sim.config import FlashCrowd, ScenarioConfig
+from servegym.sim.config import FlashCrowd, ScenarioConfig, TraceSchema
+from servegym.sim.workload import Trace, TraceError, read_trace
 
 __all__ = [
     "DROP_RATE_MARGIN",
     "LOAD_FACTOR",
     "OBJECTIVE_MARGIN",
     "SHIFTS",
+    "WorkloadCheck",
+    "check_table",
+    "mean_rate_rps",
     "outlier_flags",
     "shifted_scenarios",
+    "trace_shift",
+    "worst_seed",
 ]
 
 LOAD_FACTOR = 1.5
@@ -99,23 +108,163 @@ def outlier_flags(
     Far outside means a drop rate above twice the baseline's worst seed plus
     :data:`DROP_RATE_MARGIN`, or an objective more than :data:`OBJECTIVE_MARGIN` above the
     baseline's worst seed. Both compare against the baseline's *worst* seed, so a flag is
-    never noise the baseline shows too.
+    never noise the baseline shows too. ``where`` names the workload in the sentence
+    (``... on seed 7 of default@burstier``).
     """
     flags: list[str] = []
-    at = f" on {where}" if where else ""
+    of = f" of {where}" if where else ""
     worst_drop = max((k.get("drop_rate", math.nan) for k in baseline_kpis), default=math.nan)
     worst_obj = max((k.get("objective_usd", math.nan) for k in baseline_kpis), default=math.nan)
     for seed, k in zip(seeds, kpis, strict=True):
         drop = k.get("drop_rate", math.nan)
         if math.isfinite(drop) and math.isfinite(worst_drop) and drop > 2 * worst_drop + DROP_RATE_MARGIN:
             flags.append(
-                f"{policy} drops {drop:.1%} of requests{at} on seed {seed} "
+                f"{policy} drops {drop:.1%} of requests on seed {seed}{of} "
                 f"({baseline}: at most {worst_drop:.1%} on any seed)"
             )
         obj = k.get("objective_usd", math.nan)
         if math.isfinite(obj) and math.isfinite(worst_obj) and obj > worst_obj * (1 + OBJECTIVE_MARGIN):
             flags.append(
-                f"{policy}'s objective is ${obj:,.2f}{at} on seed {seed}, "
+                f"{policy}'s objective is ${obj:,.2f} on seed {seed}{of}, "
                 f"{obj / worst_obj - 1:.0%} above {baseline}'s worst seed (${worst_obj:,.2f})"
             )
     return flags
+
+
+def mean_rate_rps(scenario: ScenarioConfig, trace: Trace | None = None) -> float:
+    """The long-run mean arrival rate of ``scenario`` over its run, in requests per second.
+
+    ``rate_rps`` for the Poisson, diurnal (its mean over a period) and Gamma processes; the
+    stationary mix of calm and burst rates for MMPP; flash crowds add their extra arrivals
+    spread over the run. A trace replay (``trace``: the scenario's trace, read when not
+    given) counts the requests that arrive within the run.
+    """
+    w = scenario.workload
+    duration = scenario.duration_s
+    if w.kind == "trace":
+        if trace is None:
+            assert w.trace_path is not None  # WorkloadConfig requires it for kind trace
+            trace = read_trace(w.trace_path, w.trace_schema)
+        arrival = trace.arrival_s / w.trace_speedup
+        within = int((arrival < duration).sum())
+        return within / min(duration, max(float(arrival[-1]), 1e-9))
+    if w.kind == "mmpp":
+        calm = w.mean_calm_s / (w.mean_calm_s + w.mean_burst_s)
+        rate = calm * w.rate_rps + (1.0 - calm) * w.burst_rate_rps
+    else:
+        rate = w.rate_rps
+    for crowd in w.flash_crowds:
+        inside = max(0.0, min(crowd.start_s + crowd.duration_s, duration) - crowd.start_s)
+        rate += rate * (crowd.multiplier - 1.0) * inside / duration
+    return rate
+
+
+def trace_shift(scenario: ScenarioConfig, trace_path: str | Path, schema: str = "azure") -> ScenarioConfig:
+    """``scenario`` with its arrivals and token lengths replayed from a recorded trace: the ``trace`` shift.
+
+    The platform, tenants, prices and seeds stay the scenario's; the trace is sped up (or
+    slowed down) to the scenario's mean arrival rate (:func:`mean_rate_rps`), so the shift
+    is in the pattern of arrivals and in the token lengths, not in the load. The run ends
+    with the trace when that comes before the scenario's end. Raises
+    :class:`~servegym.sim.workload.TraceError` for a trace that cannot be replayed.
+    """
+    trace = read_trace(trace_path, schema)
+    span_s = float(trace.arrival_s[-1])
+    if len(trace) < 2 or span_s <= 0:
+        raise TraceError(f"{trace_path}: a trace needs requests at two different times to be replayed at a rate")
+    speedup = mean_rate_rps(scenario) / ((len(trace) - 1) / span_s)
+    workload = dataclasses.replace(
+        scenario.workload,
+        kind="trace",
+        trace_path=str(trace_path),
+        trace_schema=cast(TraceSchema, schema),  # read_trace accepted it
+        trace_speedup=speedup,
+        flash_crowds=(),
+    )
+    duration = min(scenario.duration_s, span_s / speedup)
+    return dataclasses.replace(scenario, name=f"{scenario.name}@trace", duration_s=duration, workload=workload)
+
+
+def worst_seed(kpis: Sequence[Mapping[str, float]], seeds: Sequence[int], kpi: str) -> tuple[float, int | None]:
+    """The highest value of ``kpi`` over the seeds (the worst, for an objective or a drop rate) and its seed."""
+    pairs = [(k[kpi], s) for k, s in zip(kpis, seeds, strict=True) if kpi in k and not math.isnan(k[kpi])]
+    if not pairs:
+        return math.nan, None
+    return max(pairs, key=lambda pair: pair[0])
+
+
+@dataclass(frozen=True)
+class WorkloadCheck:
+    """A policy and its baseline on one workload, seed by seed (the same seeds, the same requests).
+
+    ``workload`` is the shift's name (``higher_load``, ``burstier``, ``trace``) or the
+    unshifted scenario's own name; ``flags`` are :func:`outlier_flags` of the policy
+    against the baseline there.
+    """
+
+    workload: str
+    scenario: str
+    seeds: tuple[int, ...]
+    policy: tuple[Mapping[str, float], ...]
+    baseline: tuple[Mapping[str, float], ...]
+    flags: tuple[str, ...]
+
+
+def _mean(kpis: Sequence[Mapping[str, float]], kpi: str) -> float:
+    values = [k[kpi] for k in kpis if kpi in k and not math.isnan(k[kpi])]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _usd(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:,.2f}"
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2%}"
+
+
+def check_table(checks: Sequence[WorkloadCheck], policy: str, baseline: str) -> list[str]:
+    """The checks as aligned text lines: objective (USD) and drop rate, mean and worst seed, and the flags.
+
+    One row per workload; ``worst`` cells name their seed (``s1001``). The flag sentences
+    follow under the table, each on its own line starting ``!``.
+    """
+
+    def worst(kpis: Sequence[Mapping[str, float]], seeds: Sequence[int], kpi: str) -> str:
+        value, seed = worst_seed(kpis, seeds, kpi)
+        text = _usd(value) if kpi == "objective_usd" else _share(value)
+        return "-" if seed is None else f"{text} (s{seed})"
+
+    header = [
+        "workload", "seeds", f"{policy} $", "worst $", f"{baseline} $", "worst $",
+        f"{policy} drops", "worst", f"{baseline} drops", "worst", "flags",
+    ]  # fmt: skip
+    rows = [header]
+    for c in checks:
+        rows.append(
+            [
+                c.workload,
+                str(len(c.seeds)),
+                _usd(_mean(c.policy, "objective_usd")),
+                worst(c.policy, c.seeds, "objective_usd"),
+                _usd(_mean(c.baseline, "objective_usd")),
+                worst(c.baseline, c.seeds, "objective_usd"),
+                _share(_mean(c.policy, "drop_rate")),
+                worst(c.policy, c.seeds, "drop_rate"),
+                _share(_mean(c.baseline, "drop_rate")),
+                worst(c.baseline, c.seeds, "drop_rate"),
+                str(len(c.flags)),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    flags = [flag for c in checks for flag in c.flags]
+    if flags:
+        lines += [f"far outside {baseline} ({len(flags)}):", *(f"  ! {flag}" for flag in flags)]
+    else:
+        lines.append(f"no seed far outside {baseline} on any workload")
+    return lines

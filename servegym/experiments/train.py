@@ -93,7 +93,16 @@ from servegym.agents.sb3 import (
 )
 from servegym.envs import ENV_IDS
 from servegym.envs.features import Layout
-from servegym.experiments.evaluate import DECISIONS, objective_usd
+from servegym.experiments.evaluate import DECISIONS, ENV_DECISIONS, ORACLES, run_policy
+from servegym.experiments.robustness import (
+    SHIFTS,
+    WorkloadCheck,
+    check_table,
+    outlier_flags,
+    shifted_scenarios,
+    trace_shift,
+    worst_seed,
+)
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate
 from servegym.experiments.tracking import (
@@ -109,23 +118,31 @@ from servegym.experiments.tracking import (
 from servegym.policies import POLICIES, make_policy, scaling_kwargs
 from servegym.policies.base import Policy
 from servegym.sim.config import ConfigError, ScenarioConfig, scenario_from_dict
+from servegym.sim.objective import Prices
 from servegym.sim.workload import TraceError
 
 __all__ = [
+    "MOVED_KEYS",
     "EqualBudgetCallback",
     "HoldoutCallback",
+    "RobustnessCheck",
+    "RobustnessReport",
     "TrainResult",
     "TrainingInterruptedError",
     "Validated",
     "app",
     "check_equal_budgets",
     "evaluate_in_env",
+    "final_lines",
+    "outcome_line",
+    "run_robustness",
     "run_training",
     "summary",
     "validate",
 ]
 
 EVAL_KPIS = (
+    "objective_usd",
     "episode_return",
     "latency_p95_s",
     "latency_p50_s",
@@ -134,12 +151,42 @@ EVAL_KPIS = (
     "hit_rate",
     "quality",
     "drop_rate",
+    "failure_rate",
 )
+"""The overall KPIs logged per evaluation (means and ``_ci95``) and per training episode (``sim/*``)."""
+
+SPREAD_KPIS = ("objective_usd", "drop_rate")
+"""KPIs whose worst seed, best seed and standard deviation over seeds are logged beside the mean."""
+
+MOVED_KEYS = {"objective": "scenario.objective"}
+"""Top-level keys train no longer reads, and where their settings live now."""
+
+
+@dataclass(frozen=True)
+class RobustnessCheck:
+    """What ``robustness.*`` adds to the final evaluation: a baseline, and shifted workloads.
+
+    ``scenario`` is the training scenario as the environment runs it (``episode_duration_s``
+    and ``env.kwargs.overrides`` applied), on which ``baseline`` runs the evaluation seeds;
+    ``shifts`` are its shifted versions by name, run by the policy and the baseline on
+    ``seeds`` (None: the evaluation seeds). ``env_kwargs`` are the environment's other
+    arguments (the reward's weights), with which the policy runs on every workload.
+    """
+
+    baseline: str
+    scenario: ScenarioConfig
+    shifts: dict[str, ScenarioConfig]
+    seeds: list[int] | None
+    env_kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Validated:
-    """A train config after every check: what will be built, with nothing left to fail on."""
+    """A train config after every check: what will be built, with nothing left to fail on.
+
+    ``prices`` are the objective's, resolved from the scenario (a replayed trace's token
+    maxima included); ``robustness`` is None when the check is off.
+    """
 
     scenario: ScenarioConfig
     env_id: str
@@ -149,17 +196,39 @@ class Validated:
     seed: int
     total_timesteps: int
     layout: Layout
+    prices: Prices
+    robustness: RobustnessCheck | None
+
+
+@dataclass(frozen=True)
+class RobustnessReport:
+    """The policy against its baseline on the training workload and on each shifted one."""
+
+    policy: str
+    baseline: str
+    checks: tuple[WorkloadCheck, ...]
+
+    @property
+    def flags(self) -> list[str]:
+        """Every :func:`~servegym.experiments.robustness.outlier_flags` sentence, workload by workload."""
+        return [flag for check in self.checks for flag in check.flags]
 
 
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced.
+
+    ``kpis`` are the logged metrics of the final evaluation (``eval/*``, the robustness
+    check's ``eval/baseline/*`` and ``shift/*``); ``robustness`` its report (None when off).
+    """
 
     run_id: str
     policy: Policy
     timesteps: int
     kpis: dict[str, float]
     eval_seeds: list[int] = field(default_factory=list)
+    prices: Prices | None = None
+    robustness: RobustnessReport | None = None
 
 
 class TrainingInterruptedError(RuntimeError):
@@ -226,7 +295,7 @@ def _check_learner(agent: Mapping[str, Any], env_id: str) -> None:
 _TOP_LEVEL = frozenset(
     {
         "scenario", "env", "agent", "tracking", "seed", "total_timesteps", "episode_duration_s",
-        "checkpoint_every_steps", "eval_every_steps", "eval_seeds", "progress_bar", "resume", "objective",
+        "checkpoint_every_steps", "eval_every_steps", "eval_seeds", "progress_bar", "resume", "robustness",
         "torch_threads", "holdout_seeds",
     }
 )  # fmt: skip
@@ -250,9 +319,104 @@ def _no_unknown_keys(cfg: Mapping[str, Any], allowed: frozenset[str], where: str
         raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed: {', '.join(sorted(allowed))}")
 
 
+def _no_moved_keys(cfg: Mapping[str, Any]) -> None:
+    """An old setting (``objective.slo_miss_usd=0.02``) is refused with where it lives now.
+
+    ``train.yaml`` keeps ``objective`` as an empty open mapping only so that such an
+    override composes and reaches this check, instead of Hydra's "not in struct".
+    """
+    for key, now in MOVED_KEYS.items():
+        value = cfg.get(key)
+        if not value:
+            continue
+        if isinstance(value, Mapping):
+            name, setting = next(iter(value.items()))
+            old, new = f"{key}.{name}", f"{now}.{name}={setting}"
+        else:
+            old, new = key, f"{now}.slo_miss_usd=..."
+        raise ConfigError(
+            f"{old} is no longer a train setting: the objective's prices are the scenario's (the reward, evaluate "
+            f"and compare use them too); use {new}"
+        )
+
+
+_ROBUSTNESS_KEYS = frozenset({"enabled", "baseline", "shifts", "seeds", "trace_path", "trace_schema"})
+
+
+def _check_baseline(spec: Any, env_id: str) -> str:
+    """``robustness.baseline``: ``builtin`` or heuristics (joined with ``+``) for the decisions ``env_id`` exposes."""
+    allowed = ENV_DECISIONS[env_id.removeprefix("servegym/")]
+    heuristics = sorted(n for n, d in DECISIONS.items() if d in allowed and n not in ORACLES)
+    hint = f"give builtin (the scenario's own controller) or a heuristic for {env_id}: {', '.join(heuristics)}"
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"robustness.baseline = {spec!r} is invalid: {hint}")
+    if spec == "builtin":
+        return spec
+    names = spec.split("+")
+    for name in names:
+        if name in ORACLES:
+            raise ConfigError(
+                f"robustness.baseline = {spec!r} is invalid: {name} is an oracle, a bound no policy can meet; {hint}"
+            )
+        if DECISIONS.get(name) not in allowed:
+            raise ConfigError(f"robustness.baseline = {spec!r} is invalid: {name!r} does not fit; {hint}")
+    decisions = [DECISIONS[n] for n in names]
+    if len(set(decisions)) < len(decisions):
+        raise ConfigError(f"robustness.baseline = {spec!r} is invalid: it names two policies for one decision")
+    return spec
+
+
+def _robustness(
+    cfg: Mapping[str, Any], env_id: str, scenario: ScenarioConfig, env_kwargs: Mapping[str, Any]
+) -> RobustnessCheck | None:
+    """The validated ``robustness`` block (None when ``enabled`` is false or the block is absent).
+
+    ``scenario`` is the training scenario as the environment runs it.
+    """
+    block = cfg.get("robustness")
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        raise ConfigError(
+            f"robustness = {block!r} is invalid: must be a mapping of {', '.join(sorted(_ROBUSTNESS_KEYS))}"
+        )
+    _no_unknown_keys(block, _ROBUSTNESS_KEYS, "robustness.")
+    enabled = block.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"robustness.enabled = {enabled!r} is invalid: must be true or false")
+    if not enabled:
+        return None
+    baseline = _check_baseline(block.get("baseline", "builtin"), env_id)
+    shifts = block.get("shifts") or []
+    if not isinstance(shifts, list | tuple) or any(s not in SHIFTS for s in shifts):
+        raise ConfigError(
+            f"robustness.shifts = {shifts!r} is invalid: must be a list of {', '.join(SHIFTS)} (or [] for none)"
+        )
+    seeds = _seeds(block, "seeds") if block.get("seeds") is not None else None
+    if seeds is not None and not seeds:
+        raise ConfigError("robustness.seeds = [] is invalid: give seeds, or null for eval_seeds")
+    trace = None
+    trace_path = block.get("trace_path")
+    if trace_path is not None:
+        schema = str(block.get("trace_schema", "azure"))
+        try:
+            trace = trace_shift(scenario, str(trace_path), schema)
+            gym.make(env_id, scenario=trace, **env_kwargs).close()
+        except (TraceError, ConfigError) as exc:
+            raise ConfigError(f"robustness.trace_path = {trace_path!r}: {exc}") from exc
+    return RobustnessCheck(
+        baseline=baseline,
+        scenario=scenario,
+        shifts=shifted_scenarios(scenario, [str(s) for s in shifts], trace),
+        seeds=seeds,
+        env_kwargs=dict(env_kwargs),
+    )
+
+
 def validate(cfg: Mapping[str, Any]) -> Validated:
     """Check a composed train config completely; the ConfigError names the offending key."""
-    _no_unknown_keys(cfg, _TOP_LEVEL, "")
+    _no_moved_keys(cfg)
+    _no_unknown_keys(cfg, _TOP_LEVEL | set(MOVED_KEYS), "")
     try:
         scenario = scenario_from_dict(dict(cfg["scenario"]))
     except ConfigError as exc:
@@ -287,7 +451,12 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
     else:
         raise ConfigError(f"agent.kind = {kind!r} is invalid: must be 'sb3' or 'sklearn'")
     layout = probe.unwrapped.layout  # type: ignore[attr-defined]
+    # the scenario as the env runs it (duration and overrides applied), and its objective's prices
+    effective: ScenarioConfig = probe.unwrapped.scenario  # type: ignore[attr-defined]
+    prices: Prices = probe.unwrapped.platform.prices  # type: ignore[attr-defined]
     probe.close()
+    other_kwargs = {k: value for k, value in env_kwargs.items() if k not in ("duration_s", "overrides")}
+    robustness = _robustness(cfg, env_id, effective, other_kwargs)
     if cfg.get("torch_threads") is not None:
         _int(cfg, "torch_threads", 1)
     eval_seeds = _seeds(cfg, "eval_seeds")
@@ -307,6 +476,8 @@ def validate(cfg: Mapping[str, Any]) -> Validated:
         seed=_int(cfg, "seed", 0),
         total_timesteps=_int(cfg, "total_timesteps", 1),
         layout=layout,
+        prices=prices,
+        robustness=robustness,
     )
 
 
@@ -463,6 +634,8 @@ class _Trainer:
         self.checkpoint_every = int(cfg.get("checkpoint_every_steps") or 0)
         self.eval_every = int(cfg.get("eval_every_steps") or 0)
         self.eval_seeds = [int(s) for s in cfg.get("eval_seeds") or []]
+        self.episodes: list[dict[str, float]] = []
+        """The policy's KPIs per evaluation seed at the latest :meth:`log_eval`."""
         self.model: BaseAlgorithm | None = None
 
     @property
@@ -560,19 +733,54 @@ class _Trainer:
         return policy, self.v.total_timesteps
 
     def log_eval(self, policy: Policy, step: int) -> dict[str, float]:
-        """KPIs of ``policy`` on the evaluation seeds, logged as ``eval/<kpi>`` (mean) and ``eval/<kpi>_ci95``."""
+        """KPIs of ``policy`` on the evaluation seeds, logged as ``eval/<kpi>`` (see :func:`_kpi_metrics`)."""
         if not self.eval_seeds:
             return {}
         runs = evaluate_in_env(policy, self.v.env_id, self.env_kwargs, self.eval_seeds)
-        metrics = _kpi_metrics(runs, "eval", self.cfg.get("objective"))
+        metrics = _kpi_metrics(runs, "eval", self.eval_seeds)
         self.batch.log(metrics, step)
+        self.episodes = runs
         return metrics
 
+    def log_robustness(self, policy: Policy, step: int) -> tuple[dict[str, float], RobustnessReport | None]:
+        """The robustness check after :meth:`log_eval` (its episodes are the policy's on the training workload).
 
-def _kpi_metrics(
-    runs: Sequence[Mapping[str, float]], prefix: str, prices: Mapping[str, Any] | None
-) -> dict[str, float]:
-    """``<prefix>/<kpi>`` means over episodes with ``<prefix>/<kpi>_ci95`` half-widths, and the priced objective."""
+        Logs its metrics, the flag count (``robustness/flags``), the flags as the tag
+        ``servegym.flags`` and the table and flags as the artifact ``robustness/report.txt``;
+        prints every flag on stderr.
+        """
+        check = self.v.robustness
+        if check is None or not self.eval_seeds:
+            return {}, None
+        agent = str(self.v.agent.get("name", self.v.agent.get("algo", "policy")))
+        report, metrics = run_robustness(policy, agent, self.v.env_id, check, self.eval_seeds, self.episodes)
+        self.batch.log(metrics, step)
+        for flag in report.flags:
+            print(f"servegym train: warning: {flag}", file=sys.stderr)
+        text = "\n".join(check_table(report.checks, report.policy, report.baseline)) + "\n"
+        self.client.log_text(self.run_id, text, "robustness/report.txt")
+        self.client.set_tag(self.run_id, "servegym.flags", _tag_value("\n".join(report.flags) or "none"))
+        return metrics, report
+
+
+_TAG_LIMIT = 8000
+"""Characters of a tag value MLflow keeps (``mlflow.utils.validation.MAX_TAG_VAL_LENGTH``)."""
+
+
+def _tag_value(text: str) -> str:
+    if len(text) <= _TAG_LIMIT:
+        return text
+    more = " ... (all of them in robustness/report.txt)"
+    return text[: _TAG_LIMIT - len(more)] + more
+
+
+def _kpi_metrics(runs: Sequence[Mapping[str, float]], prefix: str, seeds: Sequence[int]) -> dict[str, float]:
+    """``<prefix>/<kpi>`` means over episodes (one per seed) with ``<prefix>/<kpi>_ci95`` half-widths.
+
+    For the objective and the drop rate (:data:`SPREAD_KPIS`) also ``_worst`` (the highest
+    seed's value), ``_worst_seed``, ``_best`` and, with two seeds or more, ``_std`` (the
+    sample standard deviation over seeds): a mean can hide one disastrous seed.
+    """
     metrics: dict[str, float] = {}
     for name in EVAL_KPIS:
         values = [r[name] for r in runs if name in r and math.isfinite(r[name])]
@@ -581,14 +789,54 @@ def _kpi_metrics(
             metrics[f"{prefix}/{name}"] = est.mean
             if math.isfinite(est.half_width):
                 metrics[f"{prefix}/{name}_ci95"] = est.half_width
-    if prices:
-        objective = estimate(
-            [objective_usd(r, float(prices["slo_miss_usd"]), float(prices["bad_answer_usd"])) for r in runs]
-        )
-        metrics[f"{prefix}/objective_usd"] = objective.mean
-        if math.isfinite(objective.half_width):
-            metrics[f"{prefix}/objective_usd_ci95"] = objective.half_width
+    for name in SPREAD_KPIS:
+        worst, seed = worst_seed(runs, seeds, name)
+        if seed is None:
+            continue
+        values = [r[name] for r in runs if name in r and not math.isnan(r[name])]
+        metrics[f"{prefix}/{name}_worst"] = worst
+        metrics[f"{prefix}/{name}_worst_seed"] = float(seed)
+        metrics[f"{prefix}/{name}_best"] = min(values)
+        if len(values) > 1:
+            metrics[f"{prefix}/{name}_std"] = float(np.std(values, ddof=1))
     return metrics
+
+
+def run_robustness(
+    policy: Policy,
+    name: str,
+    env_id: str,
+    check: RobustnessCheck,
+    eval_seeds: Sequence[int],
+    episodes: Sequence[Mapping[str, float]],
+) -> tuple[RobustnessReport, dict[str, float]]:
+    """Run the robustness check of ``policy`` (called ``name`` in the flags) and its metrics.
+
+    ``episodes`` are the policy's KPIs on ``eval_seeds`` of the training workload (the
+    final evaluation's); the baseline runs the same seeds there (``eval/baseline/*``). On
+    each shifted workload both run ``check.seeds`` (None: ``eval_seeds``), logged as
+    ``shift/<name>/*`` and ``shift/<name>/baseline/*``. Seed ``s`` is platform seed ``s``
+    for both, so every comparison is paired on the same requests.
+    """
+    seeds = list(eval_seeds)
+    shift_seeds = list(check.seeds) if check.seeds is not None else seeds
+    # the training workload first (the policy's episodes there are the final evaluation's), then each shift
+    workloads = [(check.scenario.name, check.scenario, seeds, "eval")]
+    workloads += [(shift, scenario, shift_seeds, f"shift/{shift}") for shift, scenario in check.shifts.items()]
+    metrics: dict[str, float] = {}
+    checks: list[WorkloadCheck] = []
+    for workload, scenario, on, prefix in workloads:
+        runs: Sequence[Mapping[str, float]] = episodes
+        if prefix != "eval":
+            runs = evaluate_in_env(policy, env_id, {"scenario": scenario, **check.env_kwargs}, on)
+            metrics.update(_kpi_metrics(runs, prefix, on))
+        base = [run_policy(check.baseline, env_id, scenario, s)["all"] for s in on]
+        metrics.update(_kpi_metrics(base, f"{prefix}/baseline", on))
+        flags = outlier_flags(name, runs, check.baseline, base, on, where=scenario.name)
+        checks.append(WorkloadCheck(workload, scenario.name, tuple(on), tuple(runs), tuple(base), tuple(flags)))
+    report = RobustnessReport(name, check.baseline, tuple(checks))
+    metrics["robustness/flags"] = float(len(report.flags))
+    return report, metrics
 
 
 def _teacher(v: Validated, env: gym.Env[Any, Any], workdir: Path) -> Policy:
@@ -727,7 +975,7 @@ def _resume_config(
             f"progress_bar and tracking.* may change, not: {' '.join(refused)}"
         )
     logged = Path(client.download_artifacts(run.info.run_id, _CONFIG_ARTIFACT, str(workdir)))
-    container = {**yaml.safe_load(logged.read_text()), "resume": resume, "tracking": dict(tracking)}
+    container = {**_migrated(yaml.safe_load(logged.read_text())), "resume": resume, "tracking": dict(tracking)}
     for name in ("total_timesteps", "progress_bar"):
         if any(o.lstrip("+").startswith(f"{name}=") for o in resume_overrides) or (
             not resume_overrides and name in given
@@ -791,6 +1039,11 @@ def run_training(
         missing = str(exc.msg).splitlines()[0]
         raise ConfigError(f"{exc.full_key}: {missing}; give it a value (e.g. total_timesteps=20000)") from None
     container: dict[str, Any] = {str(k): value for k, value in raw.items()}  # type: ignore[union-attr]
+    robustness = container.get("robustness")
+    if isinstance(robustness, Mapping) and isinstance(robustness.get("trace_path"), str):
+        # logged absolute, as the run read it
+        trace = Path(base_dir if base_dir is not None else ".") / robustness["trace_path"]
+        container["robustness"] = {**robustness, "trace_path": str(trace.resolve())}
     given = dict(container)
     tracking = dict(container.get("tracking") or {})
     uri = tracking_uri(tracking.get("uri"), base_dir)
@@ -833,8 +1086,9 @@ def run_training(
             with active as run:
                 run_id = run.info.run_id
                 if not resume:
-                    logged_config = {k: v_ for k, v_ in container.items() if k != "resume"}
-                    mlflow.log_params(flatten(logged_config))
+                    # the emptied moved keys (MOVED_KEYS) only catch old overrides: nothing to record
+                    logged_config = {k: v_ for k, v_ in container.items() if k != "resume" and k not in MOVED_KEYS}
+                    mlflow.log_params({**flatten(logged_config), **v.prices.params()})
                     mlflow.log_metric("budget/total_timesteps", v.total_timesteps, step=0)
                     mlflow.log_text(yaml.safe_dump(logged_config, sort_keys=False), "config/config.yaml")
                     mlflow.set_tags(
@@ -863,7 +1117,7 @@ def run_training(
                     trainer = _Trainer(v, container, run_id, batch, workdir)
                     trainer.model = prebuilt
                     try:
-                        policy, steps, kpis = _train_and_save(trainer, resume_from, callbacks, learner, env)
+                        policy, steps, kpis, report = _train_and_save(trainer, resume_from, callbacks, learner, env)
                     except TrainingInterruptedError:
                         batch.flush()
                         mlflow.end_run(status="KILLED")
@@ -875,7 +1129,15 @@ def run_training(
             trained = trainer.model if trainer is not None else prebuilt
             if trained is not None and trained.get_env() is not None:
                 trained.get_env().close()  # type: ignore[union-attr]
-    return TrainResult(run_id=run_id, policy=policy, timesteps=steps, kpis=kpis, eval_seeds=trainer.eval_seeds)
+    return TrainResult(
+        run_id=run_id,
+        policy=policy,
+        timesteps=steps,
+        kpis=kpis,
+        eval_seeds=trainer.eval_seeds,
+        prices=v.prices,
+        robustness=report,
+    )
 
 
 def _train_and_save(
@@ -884,8 +1146,11 @@ def _train_and_save(
     callbacks: Sequence[BaseCallback],
     learner: Any,
     env: gym.Env[Any, Any] | None,
-) -> tuple[Policy, int, dict[str, float]]:
-    """Train, log the budget, evaluate and save ``policy/`` in the active run; interrupts become KILLED runs."""
+) -> tuple[Policy, int, dict[str, float], RobustnessReport | None]:
+    """Train, log the budget, evaluate (with the robustness check) and save ``policy/`` in the active run.
+
+    Interrupts become KILLED runs.
+    """
     try:
         if learner is not None and env is not None:
             policy, steps = trainer.train_sklearn(learner, env)
@@ -896,6 +1161,7 @@ def _train_and_save(
     trainer.batch.log({"budget/trained_timesteps": steps}, steps)
     try:
         kpis = trainer.log_eval(policy, steps)
+        shifted, report = trainer.log_robustness(policy, steps)
         trainer.batch.flush()
     except KeyboardInterrupt:
         # the policy is trained: keep it, even though it has no eval/* KPIs
@@ -907,10 +1173,10 @@ def _train_and_save(
             steps,
             resumable=resumable,
             detail=f"the trained policy is saved as policy/ in MLflow run {trainer.run_id}, but its evaluation on "
-            f"eval_seeds did not finish" + ("; resuming evaluates it" if resumable else ""),
+            f"eval_seeds (with the robustness check) did not finish" + ("; resuming evaluates it" if resumable else ""),
         ) from None
     _save_policy(policy, trainer.workdir)
-    return policy, steps, kpis
+    return policy, steps, {**kpis, **shifted}, report
 
 
 def _save_policy(policy: Policy, workdir: Path) -> None:
@@ -955,23 +1221,77 @@ _UNITS = {"_s": " s", "_usd": " USD"}
 
 
 def summary(kpis: Mapping[str, float], seeds: Sequence[int], prefix: str = "eval") -> str:
-    """``evaluation over seeds [...] (mean ± 95% CI): objective_usd 328 ± 5 USD, latency_p95_s 21.6 ± 15.8 s, ...``.
+    """``evaluation over seeds [...] (mean ± 95% CI): objective_usd 328 ± 5 USD (worst seed 1001: 341), ...``.
 
     The KPIs are means over one episode per seed; the ± is the half-width of their 95%
-    t-interval (absent with a single seed).
+    t-interval (absent with a single seed). The objective and the drop rate name their
+    worst seed when there are several.
     """
     parts: list[str] = []
-    names = ["objective_usd", *EVAL_KPIS]
-    for name in names:
+    for name in EVAL_KPIS:
         mean = kpis.get(f"{prefix}/{name}")
         if mean is None:
             continue
         unit = next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), "")
         ci = kpis.get(f"{prefix}/{name}_ci95")
-        parts.append(f"{name} {mean:.4g}" + (f" ± {ci:.3g}" if ci is not None else "") + unit)
+        part = f"{name} {mean:.4g}" + (f" ± {ci:.3g}" if ci is not None else "") + unit
+        worst, seed = kpis.get(f"{prefix}/{name}_worst"), kpis.get(f"{prefix}/{name}_worst_seed")
+        if worst is not None and seed is not None and len(seeds) > 1:
+            part += f" (worst seed {int(seed)}: {worst:.4g})"
+        parts.append(part)
     what = "evaluation" if prefix == "eval" else "held-out evaluation"
     how = "mean ± 95% CI" if len(seeds) > 1 else "one episode"
     return f"{what} over seeds {list(seeds)} ({how}): " + ", ".join(parts)
+
+
+def outcome_line(kpis: Mapping[str, float], prefix: str = "eval", baseline: str | None = None, flags: int = 0) -> str:
+    """The last line of an evaluation: drops and failures, the worst seed, and whether anything was flagged.
+
+    ``drops: 2.81% of requests dropped or failed (0.17% failed); worst seed 1001: 7.90% dropped or
+    failed, objective 612.30 USD; 2 flags against builtin (above)``. ``baseline`` None: no
+    robustness check ran.
+    """
+    drop = kpis.get(f"{prefix}/drop_rate", math.nan)
+    failed = kpis.get(f"{prefix}/failure_rate", math.nan)
+    line = f"drops: {drop:.2%} of requests dropped or failed ({failed:.2%} failed)"
+    seed = kpis.get(f"{prefix}/objective_usd_worst_seed")
+    drop_seed = kpis.get(f"{prefix}/drop_rate_worst_seed")
+    if seed is not None:
+        line += f"; worst seed {int(seed)}: objective {kpis[f'{prefix}/objective_usd_worst']:,.2f} USD"
+        if drop_seed is not None:
+            worst_drop = kpis[f"{prefix}/drop_rate_worst"]
+            line += (
+                f", {worst_drop:.2%} dropped or failed"
+                if drop_seed == seed
+                else f"; most drops on seed {int(drop_seed)}: {worst_drop:.2%}"
+            )
+    if baseline is not None:
+        line += f"; {flags} flag{'s' if flags != 1 else ''} against {baseline}" + (" (above)" if flags else "")
+    return line
+
+
+def final_lines(result: TrainResult) -> list[str]:
+    """What ``servegym train`` prints after a run's final evaluation, the run's id first.
+
+    The robustness table and its flags, then the objective's prices, the evaluation
+    summary and, last, the drops, failures and worst seed (:func:`outcome_line`).
+    """
+    lines = [f"run {result.run_id}: {result.timesteps} steps"]
+    if not result.kpis:
+        return lines
+    report = result.robustness
+    if report is not None:
+        lines.append(
+            f"robustness: {report.policy} against {report.baseline} on the same seeds (objective in USD and share of "
+            "requests dropped or failed: mean, and the worst seed)"
+        )
+        lines += check_table(report.checks, report.policy, report.baseline)
+    if result.prices is not None:
+        lines.append(result.prices.describe())
+    lines.append(summary(result.kpis, result.eval_seeds))
+    flags = len(report.flags) if report is not None else 0
+    lines.append(outcome_line(result.kpis, "eval", report.baseline if report is not None else None, flags))
+    return lines
 
 
 class HoldoutCallback(Callback):
@@ -982,7 +1302,9 @@ class HoldoutCallback(Callback):
     itself. ``on_multirun_end`` finds the sweep's runs (tag ``servegym.sweep_dir``), takes
     the best finished one, evaluates its ``policy/`` on ``holdout_seeds`` (disjoint from
     ``eval_seeds``) in the run's own environment and scenario, logs ``holdout/*`` (means,
-    ``_ci95`` half-widths, ``holdout/objective_usd``) to that run and prints them.
+    ``_ci95`` half-widths, the objective's and drop rate's worst seed and spread) to that
+    run and prints them; with the run's robustness check on, its baseline runs the same
+    seeds (``holdout/baseline/*``) and every seed far outside it is printed.
     """
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
@@ -995,11 +1317,18 @@ class HoldoutCallback(Callback):
         if result is None:
             print(f"held-out evaluation: no finished run with eval/objective_usd in the sweep {sweep_dir}")
             return
-        run_id, metrics = result
         print(
-            f"best trial: run {run_id}; eval/objective_usd was selected on eval_seeds, so here it is on held-out seeds"
+            f"best trial: run {result.run_id}; eval/objective_usd was selected on eval_seeds, so here it is on "
+            "held-out seeds"
         )
-        print(summary(metrics, seeds, prefix="holdout"))
+        if result.flags:
+            print(f"far outside {result.baseline} ({len(result.flags)}):")
+        for flag in result.flags:
+            print(f"  ! {flag}")
+            print(f"servegym train: warning: {flag}", file=sys.stderr)
+        print(result.prices.describe())
+        print(summary(result.metrics, seeds, prefix="holdout"))
+        print(outcome_line(result.metrics, "holdout", result.baseline, len(result.flags)))
 
 
 class EqualBudgetCallback(Callback):
@@ -1082,11 +1411,23 @@ def check_equal_budgets(config: Any) -> None:
             )
 
 
-def evaluate_holdout(uri: str, sweep_dir: Path, seeds: Sequence[int]) -> tuple[str, dict[str, float]] | None:
+@dataclass(frozen=True)
+class Holdout:
+    """The best trial's held-out evaluation: its logged metrics and the flags against its baseline."""
+
+    run_id: str
+    metrics: dict[str, float]
+    prices: Prices
+    baseline: str | None
+    flags: list[str]
+
+
+def evaluate_holdout(uri: str, sweep_dir: Path, seeds: Sequence[int]) -> Holdout | None:
     """Evaluate the best run of the sweep in ``sweep_dir`` on ``seeds``; log ``holdout/*`` to it.
 
-    Returns the run id and the metrics, or None when the sweep has no finished run with
-    ``eval/objective_usd``.
+    With the run's robustness check on, its baseline runs the same seeds on the run's
+    scenario (``holdout/baseline/*``; the flags go to the tag ``servegym.holdout_flags``).
+    Returns None when the sweep has no finished run with ``eval/objective_usd``.
     """
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -1102,16 +1443,40 @@ def evaluate_holdout(uri: str, sweep_dir: Path, seeds: Sequence[int]) -> tuple[s
     run_id = best.info.run_id
     with tempfile.TemporaryDirectory(prefix="servegym-holdout-") as tmp:
         logged = Path(client.download_artifacts(run_id, "config/config.yaml", tmp))
-        config = yaml.safe_load(logged.read_text())
+        config = _migrated(yaml.safe_load(logged.read_text()))
         v = validate(config)
         policy = load_policy(client.download_artifacts(run_id, "policy", tmp))
     episodes = evaluate_in_env(policy, v.env_id, {"scenario": v.scenario, **v.env_kwargs}, seeds)
-    metrics = _kpi_metrics(episodes, "holdout", config.get("objective"))
+    metrics = _kpi_metrics(episodes, "holdout", seeds)
+    flags: list[str] = []
+    check = v.robustness
+    if check is not None:
+        base = [run_policy(check.baseline, v.env_id, check.scenario, s)["all"] for s in seeds]
+        metrics.update(_kpi_metrics(base, "holdout/baseline", seeds))
+        name = str(v.agent.get("name", v.agent.get("algo", "policy")))
+        where = f"{check.scenario.name} (held-out seeds)"
+        flags = outlier_flags(name, episodes, check.baseline, base, seeds, where=where)
+        client.set_tag(run_id, "servegym.holdout_flags", _tag_value("\n".join(flags) or "none"))
     step = int(best.data.metrics.get("budget/trained_timesteps", 0))
     with BatchLogger(run_id, client) as batch:
         batch.log(metrics, step)
     client.set_tag(run_id, "servegym.holdout_seeds", json.dumps(list(seeds)))
-    return run_id, metrics
+    return Holdout(run_id, metrics, v.prices, check.baseline if check is not None else None, flags)
+
+
+def _migrated(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's logged config in today's keys.
+
+    A run logged before the objective moved into the scenario has its prices in
+    ``objective.*``; they become ``scenario.objective.*`` (the drop price, added since, is
+    derived from the scenario).
+    """
+    old = config.get("objective")
+    if not old:
+        return config
+    scenario = dict(config.get("scenario") or {})
+    scenario["objective"] = {**(scenario.get("objective") or {}), **old}
+    return {**{k: value for k, value in config.items() if k != "objective"}, "scenario": scenario}
 
 
 register_configs()
@@ -1154,9 +1519,7 @@ def _train_job(cfg: DictConfig) -> float | None:
         traceback.print_exc()
         _job_failed("error", exc)
         return None
-    print(f"run {result.run_id}: {result.timesteps} steps")
-    if result.kpis:
-        print(summary(result.kpis, result.eval_seeds))
+    print("\n".join(final_lines(result)))
     if multirun:
         _job_done()
     objective = result.kpis.get("eval/objective_usd")

@@ -30,12 +30,13 @@ from servegym.sim.config import ConfigError
 register_configs()
 
 # Tiny runs: 300 s episodes are 20 control intervals; a handful of updates is enough to
-# check the plumbing, not to learn anything.
+# check the plumbing, not to learn anything. The robustness check is off except where tested.
 TINY = [
     "episode_duration_s=300",
     "total_timesteps=64",
     "checkpoint_every_steps=32",
     "eval_seeds=[7]",
+    "robustness.enabled=false",
     "progress_bar=false",
     "agent.n_envs=1",
 ]
@@ -90,7 +91,7 @@ def test_unknown_agent_lists_the_choices() -> None:
             r"holdout_seeds = \[2, 3\] is invalid: \[2\] are also eval_seeds",
         ),
         (["agent=dqn", "env=caching"], r"agent\.algo: dqn cannot act in the action space MultiDiscrete"),
-        (["env.kwargs.cost_weight=-1"], r"cost_weight"),
+        (["+env.kwargs.cost_weight=-1"], r"cost_weight"),
         (["episode_duration_s=-5"], r"episode_duration_s = -5"),
         (["total_timesteps=0"], r"total_timesteps = 0"),
         (["+env.kwargs.colour=blue"], r"env\.kwargs"),
@@ -117,6 +118,7 @@ def test_each_sb3_learner_trains_and_yields_a_policy(algo: str, store: str, tmp_
     cfg = _compose(f"agent={algo}", *TINY, *TINY_HYPERPARAMS[algo], f"tracking.uri={store}")
     result = run_training(cfg)
     assert result.timesteps >= 64
+    assert result.robustness is None and not any(k.startswith(("shift/", "eval/baseline/")) for k in result.kpis)
     env = gym.make("servegym/Autoscaling-v0", duration_s=300.0)
     obs, _ = env.reset(seed=0)
     action = result.policy.act(obs)
@@ -131,7 +133,9 @@ def test_each_sb3_learner_trains_and_yields_a_policy(algo: str, store: str, tmp_
 
 
 def test_a_run_records_config_params_metrics_and_model(store: str, tmp_path: Path) -> None:
-    cfg = _compose("agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}", "seed=3")
+    cfg = _compose(
+        "agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}", "seed=3", "robustness.enabled=true"
+    )
     result = run_training(cfg)
     runs = mlflow.search_runs(experiment_names=["servegym"], filter_string=f"attributes.run_id = '{result.run_id}'")
     assert len(runs) == 1
@@ -144,12 +148,27 @@ def test_a_run_records_config_params_metrics_and_model(store: str, tmp_path: Pat
     assert row["tags.version.stable-baselines3"]
     for metric in ("eval/latency_p95_s", "eval/cost_usd", "eval/slo_attainment", "train/value_loss", "sim/cost_usd"):
         assert np.isfinite(row[f"metrics.{metric}"]), metric
+    # the scenario's objective, its resolved prices, the worst seed and the robustness check
+    assert float(row["params.objective/slo_miss_usd"]) == 0.01 and float(row["params.objective/drop_usd"]) > 0
+    assert row["metrics.eval/objective_usd"] == pytest.approx(-row["metrics.eval/episode_return"], rel=1e-9)
+    for metric in (
+        "eval/objective_usd_worst", "eval/drop_rate_worst", "eval/failure_rate", "eval/baseline/objective_usd",
+        "shift/higher_load/objective_usd", "shift/higher_load/drop_rate_worst", "shift/burstier/baseline/drop_rate",
+        "robustness/flags",
+    ):  # fmt: skip
+        assert np.isfinite(row[f"metrics.{metric}"]), metric
+    assert row["metrics.eval/objective_usd_worst_seed"] == 7
+    assert result.robustness is not None
+    assert row["metrics.robustness/flags"] == len(result.robustness.flags)
+    assert row["tags.servegym.flags"] == ("\n".join(result.robustness.flags) or "none")
     client = MlflowClient(store)
     config_path = Path(client.download_artifacts(result.run_id, "config/config.yaml", str(tmp_path)))
     config = yaml.safe_load(config_path.read_text())
     assert config["seed"] == 3 and config["agent"]["algo"] == "ppo"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "policy")}
     assert {"policy/model.zip", "policy/policy.json", "policy/obs_rms.npz"} <= artifacts
+    report = Path(client.download_artifacts(result.run_id, "robustness/report.txt", str(tmp_path))).read_text()
+    assert report.splitlines()[0].startswith("workload") and "higher_load" in report and "burstier" in report
     # metrics went in batches at the SB3 logging steps, with increasing steps
     steps = [m.step for m in client.get_metric_history(result.run_id, "time/total_timesteps")]
     assert steps == sorted(steps) and len(steps) >= 2
@@ -605,5 +624,12 @@ def test_tune_ppo_sweep_evaluates_the_best_trial_on_held_out_seeds(tmp_path: Pat
         assert np.isfinite(best.data.metrics[key]), key
     assert not any(k.startswith("holdout/") for k in other.data.metrics)
     assert best.data.tags["servegym.holdout_seeds"] == "[8, 9]"
+    # the worst held-out seed, and the baseline on the same seeds with the flags against it
+    for key in ("holdout/objective_usd_worst", "holdout/drop_rate_worst", "holdout/baseline/objective_usd"):
+        assert np.isfinite(best.data.metrics[key]), key
+    assert "servegym.holdout_flags" in best.data.tags
     assert f"best trial: run {best.info.run_id}" in done.stdout
     assert "held-out evaluation over seeds [8, 9] (mean ± 95% CI): objective_usd" in done.stdout
+    lines = done.stdout.strip().splitlines()
+    assert lines[-3].startswith("objective = cost + $0.01 per SLO miss")
+    assert lines[-1].startswith("drops: ") and "worst seed" in lines[-1] and "against builtin" in lines[-1]
