@@ -341,7 +341,8 @@ def test_on_a_trace_a_policy_that_drops_ranks_below_hpa_and_is_named(
             "scenario.pool.usd_per_replica_hour=30",
             "plots=false",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "hydra.sweep.dir=sweep",
+            # absolute: joblib's worker processes outlive a test and keep the cwd they started in
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
         ]
     )
     out = tmp_path / "sweep" / "comparison"
