@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from servegym.sim.config import FlashCrowd, ScenarioConfig, TraceSchema
-from servegym.sim.workload import Trace, TraceError, read_trace
+from servegym.sim.config import FlashCrowd, ScenarioConfig, TraceSchema, trace_duration_s
+from servegym.sim.workload import Trace, TraceError, load_trace
 
 __all__ = [
     "DROP_RATE_MARGIN",
@@ -144,7 +144,7 @@ def mean_rate_rps(scenario: ScenarioConfig, trace: Trace | None = None) -> float
     if w.kind == "trace":
         if trace is None:
             assert w.trace_path is not None  # WorkloadConfig requires it for kind trace
-            trace = read_trace(w.trace_path, w.trace_schema)
+            trace = load_trace(w.trace_path, w.trace_schema)
         arrival = trace.arrival_s / w.trace_speedup
         within = int((arrival < duration).sum())
         return within / min(duration, max(float(arrival[-1]), 1e-9))
@@ -165,10 +165,11 @@ def trace_shift(scenario: ScenarioConfig, trace_path: str | Path, schema: str = 
     The platform, tenants, prices and seeds stay the scenario's; the trace is sped up (or
     slowed down) to the scenario's mean arrival rate (:func:`mean_rate_rps`), so the shift
     is in the pattern of arrivals and in the token lengths, not in the load. The run ends
-    with the trace when that comes before the scenario's end. Raises
+    with the trace (at the next control interval after its last request) when that comes
+    before the scenario's end. Raises
     :class:`~servegym.sim.workload.TraceError` for a trace that cannot be replayed.
     """
-    trace = read_trace(trace_path, schema)
+    trace = load_trace(trace_path, schema)
     span_s = float(trace.arrival_s[-1])
     if len(trace) < 2 or span_s <= 0:
         raise TraceError(f"{trace_path}: a trace needs requests at two different times to be replayed at a rate")
@@ -177,12 +178,13 @@ def trace_shift(scenario: ScenarioConfig, trace_path: str | Path, schema: str = 
         scenario.workload,
         kind="trace",
         trace_path=str(trace_path),
-        trace_schema=cast(TraceSchema, schema),  # read_trace accepted it
+        trace_schema=cast(TraceSchema, schema),  # load_trace accepted it
         trace_speedup=speedup,
         flash_crowds=(),
     )
-    duration = min(scenario.duration_s, span_s / speedup)
-    return dataclasses.replace(scenario, name=f"{scenario.name}@trace", duration_s=duration, workload=workload)
+    replay = dataclasses.replace(scenario, name=f"{scenario.name}@trace", workload=workload)
+    # Never cut the trace's last request: its whole replay ends at the next control interval after it.
+    return dataclasses.replace(replay, duration_s=min(scenario.duration_s, trace_duration_s(replay)))
 
 
 def worst_seed(kpis: Sequence[Mapping[str, float]], seeds: Sequence[int], kpi: str) -> tuple[float, int | None]:

@@ -41,6 +41,7 @@ __all__ = [
     "load_scenario",
     "scenario_from_dict",
     "scenario_to_dict",
+    "trace_duration_s",
 ]
 
 
@@ -662,11 +663,11 @@ def scenario_from_dict(data: Mapping[str, Any]) -> ScenarioConfig:
     if "duration_s" in data and data["duration_s"] is None:
         # Validate everything else first, with any length, then measure the trace.
         scenario = _build(ScenarioConfig, {**data, "duration_s": 1.0}, "")
-        return dataclasses.replace(scenario, duration_s=_trace_duration_s(scenario))
+        return dataclasses.replace(scenario, duration_s=trace_duration_s(scenario))
     return _build(ScenarioConfig, data, "")
 
 
-def _trace_duration_s(scenario: ScenarioConfig) -> float:
+def trace_duration_s(scenario: ScenarioConfig) -> float:
     """The length of a run that replays the scenario's whole trace (what ``duration_s: null`` means).
 
     The trace's span divided by the speed-up, rounded up to the next whole control

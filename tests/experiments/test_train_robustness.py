@@ -150,11 +150,12 @@ def test_a_replayed_trace_is_a_third_shift_at_the_scenarios_mean_rate(tmp_path: 
     assert shifted.name == "default@trace" and shifted.workload.kind == "trace"
     assert shifted.workload.tenants == v.scenario.workload.tenants  # the scenario's tenants, the trace's arrivals
     assert shifted.workload.trace_speedup == pytest.approx(20.0 / 4.0)  # the default scenario's 20 requests/s
-    assert shifted.duration_s == 200.0  # the trace's 1,000 s at x5 end before the 300 s episode does
+    # The trace's 1,000 s at x5 end before the 300 s episode does: at the next 15 s interval after 200 s.
+    assert shifted.duration_s == 210.0
     assert mean_rate_rps(shifted) == pytest.approx(20.0, rel=0.01)
     assert trace_shift(load_scenario("default", ["duration_s=60"]), trace, "plain").duration_s == 60.0
     short = _plain_trace(tmp_path / "short.csv", rate_rps=20.0, requests=101)  # 5 s at the scenario's rate
-    with pytest.raises(ConfigError, match=r"robustness\.trace_path = .*short\.csv.*: AutoscalingEnv: duration_s = 5"):
+    with pytest.raises(ConfigError, match=r"robustness\.trace_path = .*short\.csv.*: AutoscalingEnv: duration_s = 15"):
         _validated(*SHORT, f"robustness.trace_path={short}", "robustness.trace_schema=plain")
 
 
