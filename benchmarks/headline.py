@@ -117,6 +117,7 @@ def train_overrides(learned: Any, role: str, scenario: str, variant_overrides: S
         f"total_timesteps={spec.total_timesteps}",
         f"tracking.uri={uri}",
         "progress_bar=false",
+        "robustness.enabled=false",  # the comparison itself is the check here
         *(f"scenario.{o}" for o in variant_overrides),
     ]
     if spec.get("episode_duration_s") is not None:

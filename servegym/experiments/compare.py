@@ -96,6 +96,7 @@ from servegym.experiments.leaderboard import (
     is_oracle,
     summarise,
 )
+from servegym.experiments.robustness import SHIFTS, shifted_scenarios, trace_shift
 from servegym.experiments.schema import register_configs
 from servegym.experiments.stats import estimate, few_seeds_warning
 from servegym.experiments.tracking import (
@@ -466,6 +467,41 @@ def _job_inputs(c: Mapping[str, Any], base_dir: str | Path) -> tuple[PolicyDef, 
     return definition, apply_overrides(scenario, list(definition.scenario_overrides))
 
 
+def robustness_shifts(c: Mapping[str, Any], base_dir: str | Path = ".") -> tuple[list[str], str | None, str]:
+    """The comparison's workload shifts, its trace to replay (absolute) and the trace's schema.
+
+    ``robustness.shifts: auto`` (the default) means :data:`~servegym.experiments.robustness.SHIFTS`
+    when a trained policy (``run:``, ``models:/``) is among the policies, and none otherwise:
+    a learned policy is the one likely to have fit the workload it was trained on.
+    """
+    settings = dict(c.get("robustness") or {})
+    shifts = settings.get("shifts", "auto")
+    if shifts == "auto":
+        defs, params = c.get("policy_defs") or {}, c.get("params") or {}
+        specs = [resolve_policy(str(p), defs, params).spec for p in c.get("policies") or []]
+        trained = any(part.startswith(TRAINED_PREFIXES) for spec in specs for part in spec.split("+"))
+        shifts = list(SHIFTS) if trained else []
+    if not isinstance(shifts, list | tuple) and not OmegaConf.is_list(shifts):
+        raise ConfigError(f"robustness.shifts = {shifts!r} is invalid: auto, or a list of {', '.join(SHIFTS)}")
+    unknown = [str(x) for x in shifts if str(x) not in SHIFTS]
+    if unknown:
+        raise ConfigError(f"robustness.shifts: {unknown[0]!r} is not a workload shift; known: {', '.join(SHIFTS)}")
+    trace = settings.get("trace_path")
+    if trace is not None:
+        trace = str((Path(base_dir) / str(trace)).resolve())
+    return [str(x) for x in shifts], trace, str(settings.get("trace_schema", "azure"))
+
+
+def _shifted(scenario: ScenarioConfig, c: Mapping[str, Any], base_dir: str | Path) -> dict[str, ScenarioConfig]:
+    """The job's scenario under the comparison's workload shifts, by shift name."""
+    shifts, trace, schema = robustness_shifts(c, base_dir)
+    try:
+        replay = trace_shift(scenario, trace, schema) if trace is not None else None
+    except (TraceError, ConfigError) as exc:
+        raise ConfigError(f"robustness.trace_path = {trace!r}: {exc}") from None
+    return shifted_scenarios(scenario, shifts, replay)
+
+
 def _evaluate_job(
     definition: PolicyDef,
     scenario: ScenarioConfig,
@@ -550,8 +586,13 @@ def run_job(
         )
         # what the held-out check of a tuning sweep needs to re-run this job on other seeds
         client.log_text(run_id, yaml.safe_dump(c, sort_keys=False), JOB_CONFIG)
+        shifted_runs: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="servegym-compare-") as tmp:
             named, levels, telemetry = _evaluate_job(definition, scenario, c, seeds, client, Path(tmp))
+            # The same policy and seeds on shifted workloads: a policy that only fits its own workload shows.
+            for shift, shifted in _shifted(scenario, c, base_dir).items():
+                shifted_named, _, _ = _evaluate_job(definition, shifted, c, seeds, client, Path(tmp) / shift)
+                shifted_runs[shift] = {"kpis": shifted_named}
         prices = Platform(scenario, seed=int(seeds[0])).prices
         client.log_batch(run_id, params=[_param(k, repr(v)) for k, v in prices.params().items()])
         logged = [
@@ -570,6 +611,14 @@ def run_job(
                 batch.log({f"mean/{k}": est.mean}, step=0)
                 if math.isfinite(est.half_width):
                     batch.log({f"ci95/{k}": est.half_width}, step=0)
+            for shift, data in shifted_runs.items():
+                batch.log(
+                    {
+                        f"shift/{shift}/mean/{k}": estimate([v[k] for v in data["kpis"] if k in v]).mean
+                        for k in TABLE_KPIS
+                    },
+                    step=0,
+                )
         result = {
             "label": label,
             "policy": job_policy,
@@ -580,6 +629,7 @@ def run_job(
             "kpis": named,
             "telemetry": telemetry,
             "objective": prices.describe(),
+            "shifted": shifted_runs,
         }
         client.log_text(run_id, json.dumps(_json_safe(result)), RESULTS)
         client.set_terminated(run_id, "FINISHED")
@@ -863,6 +913,7 @@ def _check_jobs(config: DictConfig, comparison: Mapping[str, Any]) -> None:
                     platforms[scenario] = Platform(scenario, seed=seed)
                 except TraceError as exc:
                     raise ConfigError(f"scenario {scenario_name}: scenario.workload.trace_path: {exc}") from exc
+                _shifted(scenario, c, base_dir)  # a bad shift or robustness trace fails here, by name
             for part in definition.spec.split("+"):
                 if part.startswith(TRAINED_PREFIXES):
                     continue
@@ -966,6 +1017,27 @@ def _holdout_checks(
     return checks
 
 
+def _add_shifted(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``results`` with each job's runs on shifted workloads as scenarios ``<scenario>@<shift>`` after it.
+
+    Every policy ran the same seeds there, so they are summarised (and flagged) like any scenario.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for scenario, by_label in results.items():
+        out[scenario] = by_label
+        for label, data in by_label.items():
+            for shift, runs in (data.get("shifted") or {}).items():
+                name = f"{scenario}@{shift}"
+                out.setdefault(name, {})[label] = {
+                    **data,
+                    "scenario": name,
+                    "kpis": runs["kpis"],
+                    "telemetry": None,
+                    "shifted": {},
+                }
+    return out
+
+
 def _log_holdout(client: MlflowClient, parent_id: str, checks: Sequence[HoldoutCheck]) -> None:
     """``holdout/<scenario>/{mean,ci95,tuning_mean,tuning_ci95}/<kpi>`` and the pick as a tag, on the parent run."""
     metrics: dict[str, float] = {}
@@ -1012,6 +1084,7 @@ def aggregate(
                 data["label"] = f"{data['label']} #{tags.get('servegym.job_num', run.info.run_id[:8])}"
             by_label[data["label"]] = data
         checks = _holdout_checks(client, config, results, Path(base_dir), Path(tmp))
+    results = _add_shifted(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     summaries: list[ScenarioSummary] = []

@@ -356,3 +356,54 @@ def test_on_a_trace_a_policy_that_drops_ranks_below_hpa_and_is_named(
     assert rows[:2] == ["hpa", "static"]  # ranked by objective
     assert re.search(r"static drops \d+\.\d% of requests on seed \d \(hpa: at most", table)
     assert "per dropped or failed request" in table
+
+
+def test_shifted_workloads_are_scenarios_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    main(
+        [
+            "compare",
+            "env_id=Autoscaling-v0",
+            "policies=[static,hpa]",
+            "scenarios=[steady]",
+            "seeds=2",
+            "robustness.shifts=[higher_load,burstier]",
+            "scenario.duration_s=120",
+            "scenario.workload.rate_rps=6",
+            "plots=false",
+            f"tracking.uri={uri}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ]
+    )
+    out = tmp_path / "sweep" / "comparison"
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["steady", "steady@higher_load", "steady@burstier"]
+    assert set(summary["steady@higher_load"]) == {"static", "hpa"}
+    # A higher load is more work: more cost for the same policy on the same seeds.
+    assert summary["steady@higher_load"]["hpa"]["cost_usd"]["mean"] > summary["steady"]["hpa"]["cost_usd"]["mean"]
+    assert "scenario steady@burstier" in (out / "leaderboard.txt").read_text()
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("servegym-compare").experiment_id],
+        "tags.`servegym.kind` = 'compare_job'",
+    )
+    assert all("shift/burstier/mean/objective_usd" in r.data.metrics for r in runs) and len(runs) == 2
+
+
+def test_an_unknown_shift_fails_before_any_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "compare",
+                "policies=[hpa]",
+                "robustness.shifts=[louder]",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "robustness.shifts: 'louder' is not a workload shift" in capsys.readouterr().err
