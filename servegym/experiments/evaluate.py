@@ -48,7 +48,6 @@ __all__ = [
     "evaluate",
     "format_comparison",
     "format_worst",
-    "objective_usd",
     "run_policy",
     "simulate",
 ]
@@ -377,15 +376,3 @@ def align_columns(rows: list[list[str]]) -> list[str]:
 
 
 assert set(DECISIONS) >= set(POLICIES), "every registered policy needs its decision here"
-
-
-def objective_usd(kpis: Mapping[str, float], slo_miss_usd: float, bad_answer_usd: float) -> float:
-    """Cost plus ``slo_miss_usd`` per request that missed its SLO and ``bad_answer_usd`` per bad answer.
-
-    Misses count finished requests (completed or dropped) outside their SLO; bad answers
-    count completed requests that were not answered well.
-    """
-    finished = kpis["requests"] - kpis["in_flight"]
-    misses = (1.0 - kpis["slo_attainment"]) * finished if finished else 0.0
-    bad = (1.0 - kpis["quality"]) * kpis["completed"] if kpis["completed"] else 0.0
-    return float(kpis["cost_usd"] + slo_miss_usd * misses + bad_answer_usd * bad)
