@@ -46,6 +46,8 @@ import bisect
 import hashlib
 import json
 import math
+import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -105,9 +107,15 @@ def spec_digest(spec: Mapping[str, Any]) -> str:
 def load(directory: str | Path) -> Bundle:
     """Load the bundle in ``directory`` after verifying every file's sha256.
 
-    Raises :class:`BundleError` naming the file when ``spec.json`` is missing or not
-    valid JSON, its digest does not match its content, a listed file is missing or its
-    hash differs, or the spec asks for something this runtime does not know.
+    Raises :class:`BundleError` naming the file when ``spec.json`` is missing, not valid
+    JSON or holds a number that is not finite, its digest does not match its content, a
+    listed file is missing or its hash differs, ``weights.npz`` is not a readable archive
+    of arrays, or the spec asks for something this runtime does not know.
+
+    Nothing in a bundle is executed or unpickled: ``spec.json`` is parsed as JSON,
+    ``weights.npz`` is read with ``allow_pickle=False``, and ``policy.onnx`` (``onnx``
+    kind only) is a graph that onnxruntime evaluates. The hashes detect damage and edits
+    after export; they are no signature (whoever can write the files can write the spec).
     """
     root = Path(directory)
     if not root.is_dir():
@@ -119,6 +127,13 @@ def load(directory: str | Path) -> Bundle:
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{spec_path}: not readable JSON ({exc}); the bundle is damaged") from None
+    bad = _non_finite(spec)
+    if bad is not None:
+        where, value = bad
+        raise BundleError(
+            f"{spec_path}: {where} is {value}, not a finite number; export writes none, so the spec was edited "
+            "or damaged: export the bundle again"
+        )
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise BundleError(f"{spec_path}: not a servegym policy bundle (format must be {FORMAT!r})")
     if spec.get("format_version") != FORMAT_VERSION:
@@ -145,14 +160,45 @@ def load(directory: str | Path) -> Bundle:
         got = file_sha256(path)
         if got != digest:
             raise BundleError(f"{path}: tampered, sha256 {got} does not match {digest} recorded in {SPEC_FILE}")
-    weights: dict[str, np.ndarray] = {}
-    if WEIGHTS_FILE in files:
-        try:
-            with np.load(root / WEIGHTS_FILE, allow_pickle=False) as data:
-                weights = {k: data[k] for k in data.files}
-        except ValueError as exc:  # object arrays need pickle: refused
-            raise BundleError(f"{root / WEIGHTS_FILE}: unreadable without pickle ({exc})") from None
+    weights = _read_weights(root / WEIGHTS_FILE) if WEIGHTS_FILE in files else {}
     return Bundle(spec, weights, root)
+
+
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The first NaN or infinite number in parsed JSON (Python's json reads NaN, Infinity, 1e999) and its key path."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "the spec", value)
+    if isinstance(value, dict):
+        items: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        found = _non_finite(item, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of ``weights.npz``, never unpickling; a damaged archive is a :class:`BundleError` naming it."""
+    damaged = f"{path}: damaged, not a readable .npz archive of arrays"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # not a zip: numpy would read it as a pickle, which is refused
+        raise BundleError(f"{damaged} ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{damaged} ({type(exc).__name__}: {exc}); export the bundle again") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a lone .npy array, not an archive of named ones
+        raise BundleError(f"{damaged} (it holds a single unnamed array)")
+    try:
+        with data:
+            return {str(k): np.asarray(data[k]) for k in data}
+    except ValueError as exc:  # object arrays need pickle: refused
+        raise BundleError(f"{path}: unreadable without pickle ({exc})") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise BundleError(f"{damaged} ({type(exc).__name__}: {exc}); export the bundle again") from None
 
 
 class Bundle:
@@ -184,6 +230,11 @@ class Bundle:
             self._policy = factory(policy, weights, self.index, root)
         except KeyError as exc:
             raise BundleError(f"spec.json / weights.npz: the {self.kind} policy lacks {exc}") from None
+        except (IndexError, TypeError, ValueError) as exc:  # a value of the wrong type or shape
+            raise BundleError(
+                f"spec.json / weights.npz: the {self.kind} policy's parameters are malformed "
+                f"({type(exc).__name__}: {exc}); export the bundle again"
+            ) from None
         self._shape = (self.n_features,)
         self._x = np.zeros(self.n_features, dtype=np.float64)
         self._single = self._policy.single

@@ -75,6 +75,54 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         runtime.load(tmp_path)
 
 
+def _rehash(bundle: Path) -> None:
+    """Record the files' current hashes in spec.json: damage the hashes cannot catch (written before hashing)."""
+    spec = json.loads((bundle / "spec.json").read_text())
+    spec["files"] = {name: runtime.file_sha256(bundle / name) for name in spec["files"]}
+    spec["spec_sha256"] = runtime.spec_digest(spec)
+    (bundle / "spec.json").write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_truncated_weights_file_is_one_clear_error(net_bundle: Path, cut: float) -> None:
+    path = net_bundle / "weights.npz"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    _rehash(net_bundle)
+    with pytest.raises(runtime.BundleError, match=r"weights\.npz: damaged, not a readable \.npz archive of arrays"):
+        runtime.load(net_bundle)
+
+
+def test_weights_that_are_not_an_archive_are_one_clear_error(net_bundle: Path) -> None:
+    np.save(net_bundle / "weights.npz", np.zeros(3))  # np.save appends .npy: write the bytes under the bundle's name
+    (net_bundle / "weights.npz").write_bytes((net_bundle / "weights.npz.npy").read_bytes())
+    (net_bundle / "weights.npz.npy").unlink()
+    _rehash(net_bundle)
+    with pytest.raises(runtime.BundleError, match=r"weights\.npz: damaged, .* \(it holds a single unnamed array\)"):
+        runtime.load(net_bundle)
+
+
+@pytest.mark.parametrize(("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-1e999", "-inf")])
+def test_a_spec_with_a_non_finite_number_names_where(hpa_bundle: Path, literal: str, shown: str) -> None:
+    path = hpa_bundle / "spec.json"
+    spec = json.loads(path.read_text())
+    spec["policy"]["params"]["target_utilisation"] = "__here__"
+    path.write_text(json.dumps(spec).replace('"__here__"', literal))
+    pattern = rf"spec\.json: policy\.params\.target_utilisation is {shown}, not a finite number"
+    with pytest.raises(runtime.BundleError, match=pattern):
+        runtime.load(hpa_bundle)
+
+
+def test_a_parameter_of_the_wrong_type_is_one_clear_error(hpa_bundle: Path) -> None:
+    path = hpa_bundle / "spec.json"
+    spec = json.loads(path.read_text())
+    spec["policy"]["params"]["target_utilisation"] = "high"
+    path.write_text(json.dumps(spec))
+    _rehash(hpa_bundle)
+    with pytest.raises(runtime.BundleError, match=r"the hpa policy's parameters are malformed \(ValueError"):
+        runtime.load(hpa_bundle)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_feature_is_named(net_bundle: Path, recorded: Recorded, bad: float) -> None:
     bundle = runtime.load(net_bundle)
