@@ -40,7 +40,7 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier  # type: ignore[import-untyped, unused-ignore]
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped, unused-ignore]
 
-from servegym.agents.io import layout_from_json, layout_to_json
+from servegym.agents.io import layout_from_json, layout_to_json, load_joblib
 from servegym.envs.features import Layout
 from servegym.policies.base import Policy, checked_observation, require_features
 
@@ -99,7 +99,7 @@ class LearnedAdmission:
         directory = Path(directory)
         config = json.loads((directory / _CONFIG_FILE).read_text())
         layout = layout_from_json(config.pop("layout"))
-        return cls(layout, joblib.load(directory / _MODEL_FILE), **config)
+        return cls(layout, load_joblib(directory / _MODEL_FILE), **config)
 
 
 class CachingEnvPolicy:

@@ -42,7 +42,7 @@ from sklearn.tree import (  # type: ignore[import-untyped, unused-ignore]
     export_text,
 )
 
-from servegym.agents.io import layout_from_json, layout_to_json
+from servegym.agents.io import layout_from_json, layout_to_json, load_joblib
 from servegym.envs.features import Layout
 from servegym.policies.base import Policy, checked_observation
 
@@ -104,7 +104,7 @@ class DistilledTreePolicy:
         directory = Path(directory)
         config = json.loads((directory / _CONFIG_FILE).read_text())
         layout = layout_from_json(config["layout"])
-        return cls(layout, list(joblib.load(directory / _MODEL_FILE)), config["kind"])
+        return cls(layout, list(load_joblib(directory / _MODEL_FILE)), config["kind"])
 
 
 class DistillationLearner:

@@ -53,6 +53,8 @@ from sklearn.ensemble import (  # type: ignore[import-untyped, unused-ignore]
 )
 from sklearn.linear_model import LinearRegression  # type: ignore[import-untyped, unused-ignore]
 
+from servegym.agents.io import load_joblib
+
 __all__ = ["MODELS", "Forecast", "WorkloadForecaster", "make_regressor"]
 
 ModelName = Literal["random_forest", "linear", "gradient_boosting"]
@@ -396,7 +398,7 @@ class WorkloadForecaster:
         directory = Path(directory)
         state = json.loads((directory / _CONFIG_FILE).read_text())
         forecaster = cls(**state["config"])
-        forecaster.models = list(joblib.load(directory / _MODELS_FILE))
+        forecaster.models = list(load_joblib(directory / _MODELS_FILE))
         forecaster.quantiles = np.asarray(state["quantiles"], dtype=np.float64)
         forecaster.n_train, forecaster.n_calibration = state["n_train"], state["n_calibration"]
         forecaster.use_calendar = bool(state["use_calendar"])

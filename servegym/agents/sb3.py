@@ -16,6 +16,11 @@ SAC needs a continuous action space; on a ``Discrete(n)`` environment it acts th
 ``action_masks()`` (Autoscaling-v0 and Platform-v0 mask replica targets below the pool's
 minimum).
 
+:meth:`SB3Policy.load` never unpickles: SB3 stores the spaces, the policy class and some
+settings of a model as pickles inside ``model.zip``, and servegym loads it with each of
+them replaced from its own JSON records in ``sb3.json`` (or, for directories written
+before those records, from the layout and the readable copy SB3 keeps beside each pickle).
+
 SB3 checks the training budget only between collections of experience: a rollout of
 ``n_steps`` per environment for the on-policy learners, ``train_freq`` steps per
 environment for the off-policy ones. :func:`rollout_timesteps` gives that size, so a
@@ -26,11 +31,16 @@ from __future__ import annotations
 
 import collections.abc
 import copy
+import importlib
 import inspect
+import io
 import json
+import pickle
+import re
 import sys
 import types
 import typing
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,7 +56,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
-from servegym.agents.io import layout_from_json, layout_to_json
+from servegym.agents.io import PolicyLoadError, layout_from_json, layout_to_json
 from servegym.envs.features import Layout
 from servegym.sim.config import ConfigError
 
@@ -57,7 +67,9 @@ __all__ = [
     "accepted_hyperparams",
     "build_model",
     "check_algorithm",
+    "load_model",
     "make_vec_env",
+    "model_record",
     "rollout_timesteps",
 ]
 
@@ -350,7 +362,12 @@ class SB3Policy:
         """Stateless: a feed-forward network remembers nothing between decisions."""
 
     def save(self, directory: Path) -> None:
-        """Write ``model.zip`` (SB3's format), ``obs_rms.npz`` and ``sb3.json`` into ``directory``."""
+        """Write ``model.zip`` (SB3's format), ``obs_rms.npz`` and ``sb3.json`` into ``directory``.
+
+        ``sb3.json`` records, as JSON, what SB3 pickles into ``model.zip`` and acting needs
+        (``model``: policy class, spaces, policy kwargs, clip range, train frequency), so
+        :meth:`load` never unpickles.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save(directory / "model.zip")
         if self.obs_rms is not None:
@@ -362,20 +379,278 @@ class SB3Policy:
             "epsilon": self.epsilon,
             "discrete_n": self.discrete_n,
             "layout": layout_to_json(self.layout),
+            "model": model_record(self.model),
         }
         (directory / "sb3.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> SB3Policy:
-        """Read a policy written by :meth:`save`."""
-        meta = json.loads((directory / "sb3.json").read_text())
+        """Read a policy written by :meth:`save`, without unpickling anything (see :func:`load_model`)."""
+        meta_path = directory / "sb3.json"
+        meta = json.loads(meta_path.read_text())
         algo = meta["algo"]
         if algo not in ALGORITHMS:
-            raise ValueError(f"{directory / 'sb3.json'}: unknown algorithm {algo!r}")
-        model = ALGORITHMS[algo].load(directory / "model.zip", device="cpu")
+            raise PolicyLoadError(f"{meta_path}: unknown algorithm {algo!r}; known: {', '.join(ALGORITHMS)}")
+        layout = layout_from_json(meta["layout"])
+        model = load_model(directory / "model.zip", algo, layout, meta.get("model"))
         obs_rms = None
         if (directory / "obs_rms.npz").exists():
-            with np.load(directory / "obs_rms.npz", allow_pickle=False) as f:
-                obs_rms = (f["mean"], f["var"])
-        layout = layout_from_json(meta["layout"])
+            try:
+                with np.load(directory / "obs_rms.npz", allow_pickle=False) as f:
+                    obs_rms = (f["mean"], f["var"])
+            except ValueError as exc:  # arrays of objects need pickle: refused
+                raise PolicyLoadError(f"{directory / 'obs_rms.npz'}: refused, {exc}") from None
         return cls(model, algo, layout, obs_rms, meta["clip_obs"], meta["epsilon"], meta["discrete_n"], meta["env_id"])
+
+
+# -- loading model.zip without unpickling -----------------------------------------------------
+
+_TORCH_CLASSES = (
+    "torch.nn.modules.activation.ReLU",
+    "torch.nn.modules.activation.Tanh",
+    "torch.nn.modules.activation.ELU",
+    "torch.nn.modules.activation.LeakyReLU",
+    "torch.nn.modules.activation.GELU",
+    "torch.nn.modules.activation.SiLU",
+    "torch.nn.modules.activation.Sigmoid",
+    "torch.optim.adam.Adam",
+    "torch.optim.adamw.AdamW",
+    "torch.optim.rmsprop.RMSprop",
+    "torch.optim.sgd.SGD",
+)
+"""Classes a policy kwarg may name (activation functions, optimizers): looked up by name, never unpickled."""
+
+_BEFORE_LEARN = frozenset(
+    {
+        "_last_obs",
+        "_last_episode_starts",
+        "_last_original_obs",
+        "ep_info_buffer",
+        "ep_success_buffer",
+        "rollout_buffer_class",
+        "replay_buffer_class",
+        "lr_schedule",
+        "exploration_schedule",
+    }
+)
+"""Pickled entries of ``model.zip`` a loaded model gets as SB3 sets them before ``learn``: None.
+
+Rollout state, episode statistics, default buffers (the only ones servegym trains
+with), and schedules ``_setup_model`` rebuilds from the JSON hyperparameters.
+"""
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _space_record(space: spaces.Space[Any]) -> dict[str, Any] | None:
+    """``space`` as JSON, for the spaces servegym's envs have (None for any other)."""
+    if isinstance(space, spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return {"type": "multi_discrete", "nvec": space.nvec.tolist(), "start": space.start.tolist()}
+    if isinstance(space, spaces.Box):
+        return {
+            "type": "box",
+            "shape": list(space.shape),
+            "low": space.low.tolist(),
+            "high": space.high.tolist(),
+            "dtype": str(space.dtype),
+        }
+    return None
+
+
+def _space(record: dict[str, Any]) -> spaces.Space[Any]:
+    kind = record["type"]
+    if kind == "discrete":
+        return spaces.Discrete(int(record["n"]), start=int(record.get("start", 0)))
+    if kind == "multi_discrete":
+        return spaces.MultiDiscrete(np.array(record["nvec"], np.int64), start=record.get("start"))
+    if kind == "box":
+        dtype = np.dtype(str(record["dtype"]))
+        if dtype.kind != "f":
+            raise ValueError(f"a Box of dtype {dtype}")
+        shape = tuple(int(n) for n in record["shape"])
+        low = np.array(record["low"], dtype).reshape(shape)
+        return spaces.Box(low, np.array(record["high"], dtype).reshape(shape), shape, dtype)
+    raise ValueError(f"unknown space type {kind!r}")
+
+
+def _kwarg_record(value: Any) -> Any:
+    """A policy kwarg as JSON: a class by name (``{"class": ...}``), containers item by item."""
+    if isinstance(value, type):
+        return {"class": _class_name(value)}
+    if isinstance(value, dict):
+        return {str(k): _kwarg_record(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_kwarg_record(v) for v in value]
+    return value
+
+
+def model_record(model: BaseAlgorithm) -> dict[str, Any]:
+    """What SB3 pickles into ``model.zip`` that acting needs, as JSON (servegym's record for :func:`load_model`)."""
+    aliases = [alias for alias, policy_cls in model.policy_aliases.items() if type(model.policy) is policy_cls]
+    kwargs = _kwarg_record(model.policy_kwargs)
+    try:
+        json.dumps(kwargs)
+    except (TypeError, ValueError):  # an object JSON cannot name: loading falls back to SB3's copy, or refuses
+        kwargs = None
+    record: dict[str, Any] = {
+        "policy": aliases[0] if aliases else None,
+        "observation_space": _space_record(model.observation_space),
+        "action_space": _space_record(model.action_space),
+        "policy_kwargs": kwargs,
+    }
+    clip_range = getattr(model, "clip_range", None)
+    if callable(clip_range) and clip_range(1.0) == clip_range(0.0):  # a constant; a schedule is not recorded
+        record["clip_range"] = float(clip_range(1.0))
+    train_freq = getattr(model, "train_freq", None)
+    if isinstance(train_freq, TrainFreq):
+        record["train_freq"] = [int(train_freq.frequency), train_freq.unit.value]
+    return record
+
+
+def _readable_numbers(text: Any, dtype: type) -> list[Any]:
+    """The numbers of ``str(array)`` ("[ 3  4 10]"), as SB3 writes beside a pickled space."""
+    tokens = str(text).replace("[", " ").replace("]", " ").replace(",", " ").split()
+    return [dtype(t) for t in tokens]
+
+
+def _readable_space(entry: dict[str, Any]) -> dict[str, Any]:
+    """A space record from the readable attributes SB3 keeps beside the pickle (directories before records)."""
+    kind = str(entry.get(":type:", ""))
+    if kind.endswith(".MultiDiscrete'>"):
+        return {"type": "multi_discrete", "nvec": _readable_numbers(entry["nvec"], int)}
+    if kind.endswith(".Discrete'>"):
+        return {"type": "discrete", "n": int(entry["n"]), "start": int(entry.get("start", 0))}
+    if kind.endswith(".Box'>"):
+        return {
+            "type": "box",
+            "shape": json.loads(entry["_shape"]) if isinstance(entry["_shape"], str) else entry["_shape"],
+            "low": _readable_numbers(entry["low"], float),
+            "high": _readable_numbers(entry["high"], float),
+            "dtype": str(entry["dtype"]),
+        }
+    raise ValueError(f"a space of {kind or 'unknown type'}")
+
+
+def _readable_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
+    """Policy kwargs from SB3's readable copy: JSON values as they are, ``"<class 'x.Y'>"`` as a class record."""
+    kwargs: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in (":type:", ":serialized:"):
+            continue
+        named = re.fullmatch(r"<class '([\w.]+)'>", value) if isinstance(value, str) else None
+        kwargs[key] = {"class": named.group(1)} if named else value
+    return kwargs
+
+
+def _kwargs(record: Any, where: str) -> Any:
+    """Policy kwargs from their JSON record, classes looked up among :data:`_TORCH_CLASSES`."""
+    if isinstance(record, dict) and set(record) == {"class"}:
+        name = str(record["class"])
+        if name not in _TORCH_CLASSES:
+            raise ValueError(f"{where} names class {name}, not one servegym loads ({', '.join(_TORCH_CLASSES)})")
+        module, _, qualname = name.rpartition(".")
+        return getattr(importlib.import_module(module), qualname)
+    if isinstance(record, dict):
+        return {k: _kwargs(v, f"{where}.{k}") for k, v in record.items()}
+    if isinstance(record, list):
+        return [_kwargs(v, where) for v in record]
+    if isinstance(record, str) and record.startswith("<") and record.endswith(">"):
+        raise ValueError(f"{where} is {record}, which SB3 could only keep as a pickle")
+    return record
+
+
+def _replacements(algo: str, data: dict[str, Any], layout: Layout, record: dict[str, Any]) -> dict[str, Any]:
+    """For every entry SB3 pickled into ``data``, the value to use instead; ValueError naming one without."""
+    cls = ALGORITHMS[algo]
+    pickled = sorted(k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v)
+    # SB3 never saves an env; one named in the data would be built with gym.make, importing its module
+    out: dict[str, Any] = {"env": None}
+    for key in pickled:
+        try:
+            out[key] = _replacement(cls, key, data[key], layout, record)
+        except KeyError as exc:
+            raise ValueError(f"entry {key!r} cannot be rebuilt: SB3's readable copy of it lacks {exc}") from None
+    return out
+
+
+def _replacement(
+    cls: type[BaseAlgorithm], key: str, entry: dict[str, Any], layout: Layout, record: dict[str, Any]
+) -> Any:
+    """Pickled entry ``key`` of ``cls``'s data, from ``record``, ``layout`` or the entry's readable copy."""
+    defaults = inspect.signature(cls.__init__).parameters
+    if key in _BEFORE_LEARN:
+        return None
+    if key == "policy_class":
+        alias = record.get("policy") or "MlpPolicy"  # every agent config servegym ships uses MlpPolicy
+        if alias not in cls.policy_aliases:
+            raise ValueError(f"policy {alias!r} is not one of {cls.__name__}'s ({', '.join(cls.policy_aliases)})")
+        return cls.policy_aliases[alias]
+    if key == "observation_space":
+        recorded = record.get("observation_space")
+        space = _space(recorded) if recorded else spaces.Box(layout.low, layout.high, dtype=np.float32)
+        if space.shape != (len(layout.names),):
+            raise ValueError(f"observation space {space} does not match the {len(layout.names)} features")
+        return space
+    if key == "action_space":
+        return _space(record.get("action_space") or _readable_space(entry))
+    if key == "policy_kwargs":
+        recorded = record.get("policy_kwargs")
+        return _kwargs(recorded if recorded is not None else _readable_kwargs(entry), "policy_kwargs")
+    if key == "clip_range" and key in defaults:
+        return float(record.get(key, defaults[key].default))
+    if key == "train_freq" and key in defaults:
+        freq = record.get(key, defaults[key].default)
+        return tuple(freq) if isinstance(freq, list) else freq
+    raise ValueError(f"entry {key!r} is a pickle servegym keeps no record of")
+
+
+def load_model(path: Path, algo: str, layout: Layout, record: dict[str, Any] | None = None) -> BaseAlgorithm:
+    """The SB3 model in ``path`` (a ``model.zip``), loaded without unpickling anything from it.
+
+    SB3's ``load`` would unpickle (cloudpickle) every entry of the archive's ``data`` that
+    is not JSON. Here each such entry is replaced (``custom_objects``) by a value servegym
+    builds itself: from ``record`` (:func:`model_record`, kept in ``sb3.json``) and the
+    ``layout``, or, for a directory written before that record, from the readable copy SB3
+    stores beside each pickle (the action space's ``n``/``nvec``/bounds, policy kwargs
+    with classes by name, looked up in :data:`_TORCH_CLASSES`). Entries only ``learn``
+    uses are set as before training (:data:`_BEFORE_LEARN`; a policy directory is for
+    acting, training resumes from checkpoints); a clip range or train frequency
+    recorded nowhere is the algorithm's default. An entry servegym cannot replace is
+    refused, not unpickled. The ``.pth`` tensors must load with torch's weights-only
+    unpickler. The loaded network must match the saved weights exactly, so a wrong
+    space or class fails here. Raises :class:`PolicyLoadError` naming the file.
+    """
+    import torch
+
+    try:
+        raw = path.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            data = json.loads(archive.read("data").decode())
+            tensors = [name for name in archive.namelist() if Path(name).suffix == ".pth"]
+            for name in tensors:  # older SB3 versions read them unrestricted: checked whatever SB3 does
+                torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+    except (OSError, EOFError, KeyError, RuntimeError, ValueError, zipfile.BadZipFile) as exc:
+        raise PolicyLoadError(f"{path}: not a readable SB3 model archive ({type(exc).__name__}: {exc})") from None
+    except pickle.UnpicklingError as exc:
+        raise PolicyLoadError(
+            f"{path}: refused, a tensor file holds more than tensors ({_first_line(exc)}); loading it could run code"
+        ) from None
+    if not isinstance(data, dict):
+        raise PolicyLoadError(f"{path}: its data entry is not a JSON object")
+    try:
+        custom_objects = _replacements(algo, data, layout, record or {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyLoadError(f"{path}: refused, {exc}; loading it as SB3 does would unpickle it") from None
+    try:
+        return ALGORITHMS[algo].load(io.BytesIO(raw), device="cpu", custom_objects=custom_objects)
+    except (KeyError, RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        raise PolicyLoadError(f"{path}: the {algo} model does not load ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
