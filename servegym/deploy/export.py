@@ -19,6 +19,11 @@ servegym produces and writes:
   is their executable form, and ``spec.json`` says so under ``onnx.reason``;
 * ``servegym_runtime.py``: the runtime module.
 
+``out`` is a new or empty directory, or one that holds a bundle servegym exported: with
+``overwrite`` its bundle files are replaced. A directory holding anything else (a
+``notes.txt``, an ``mlflow.db``) is refused with or without ``overwrite``, naming what is
+there: export only ever deletes what export wrote (:func:`check_out_dir`).
+
 Supported: stable-baselines3 PPO, A2C, DQN, SAC and sb3-contrib MaskablePPO with
 ``MlpPolicy`` (wrapped in the ``SB3Policy`` of :mod:`servegym.agents.sb3` or given with
 their layout), scikit-learn estimators (linear models and trees natively, others
@@ -31,6 +36,7 @@ import datetime as _dt
 import io
 import json
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -61,6 +67,7 @@ __all__ = [
     "ExportError",
     "FeatureLayout",
     "action_grid",
+    "check_out_dir",
     "export_heuristic",
     "export_policy",
     "export_sb3",
@@ -369,6 +376,98 @@ def _apply_grid(action: dict[str, Any], grid: Mapping[str, Any] | None, env_id: 
     action["grid_source"] = grid["source"]
 
 
+BUNDLE_FILES = frozenset({runtime.SPEC_FILE, runtime.WEIGHTS_FILE, ONNX_FILE, runtime.RUNTIME_FILE})
+"""The files a bundle consists of: all that :func:`export_policy` ever writes into ``out``."""
+
+_STAGING_PREFIX = ".servegym-export-"  # export's temporary directory inside an existing ``out``
+_PYCACHE = "__pycache__"  # importing servegym_runtime from the bundle directory writes its bytecode here
+
+
+def _is_bundle_spec(path: Path) -> bool:
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(spec, dict) and spec.get("format") == runtime.FORMAT
+
+
+def _runtime_bytecode(path: Path) -> bool:
+    """``path`` is a ``__pycache__`` holding only the compiled bundle runtime."""
+    stem = Path(runtime.RUNTIME_FILE).stem
+    return path.is_dir() and all(p.name.startswith(f"{stem}.") and p.suffix == ".pyc" for p in path.iterdir())
+
+
+def check_out_dir(out: str | Path, overwrite: bool = False) -> list[Path]:
+    """The servegym files in ``out`` that exporting there replaces, or :class:`ExportError` if it may not write there.
+
+    ``out`` may be missing, an empty directory, or a directory holding a bundle (its
+    ``spec.json`` says so) and nothing else — the bundle's files, the runtime's bytecode
+    in ``__pycache__``, an interrupted export's temporary directory — and then only with
+    ``overwrite``. Anything else in it is refused, naming it, whatever ``overwrite`` says:
+    export never deletes a file it did not write. Nothing is changed here.
+    """
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"out={target} is a file, not a directory: give a new or empty directory for the bundle")
+    if not target.exists():
+        return []
+    present = sorted(target.iterdir())
+    if not present:
+        return []
+    ours = [  # export writes no links: a link is somebody else's, whatever its name
+        p
+        for p in present
+        if not p.is_symlink()
+        and (
+            (p.name in BUNDLE_FILES and p.is_file())
+            or (p.name == _PYCACHE and _runtime_bytecode(p))
+            or (p.name.startswith(_STAGING_PREFIX) and p.is_dir())
+        )
+    ]
+    others = [p.name for p in present if p not in ours]
+    spec = target / runtime.SPEC_FILE
+    if spec in ours and not _is_bundle_spec(spec):
+        others.insert(0, runtime.SPEC_FILE)
+        ours.remove(spec)
+    elif any(p.name in BUNDLE_FILES for p in ours) and spec not in ours:
+        # bundle-named files without a bundle's spec could be anybody's weights.npz
+        others = [p.name for p in ours if p.name in BUNDLE_FILES] + others
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ExportError(
+            f"out={target} holds {shown}, which servegym did not export there; overwrite=true only replaces a "
+            "bundle that servegym wrote: choose a new or empty directory"
+        )
+    if spec not in ours:  # only bytecode or an interrupted export's leftovers: nothing to overwrite
+        return ours
+    if not overwrite:
+        raise ExportError(
+            f"out={target} already holds a policy bundle ({', '.join(p.name for p in ours)}): pass overwrite=true "
+            "to replace it, or choose another directory"
+        )
+    return ours
+
+
+def _replace_bundle(staging: Path, target: Path, old: Sequence[Path]) -> None:
+    """Move the bundle in ``staging`` into the existing directory ``target``, over the old bundle's files.
+
+    Each file is replaced atomically and ``spec.json`` last, so until then a reader meets
+    the old spec, whose hashes refuse the mix; then the old bundle's files the new one
+    lacks (an ONNX graph no longer exported) and its stale bytecode are removed.
+    """
+    new = sorted(staging.iterdir(), key=lambda p: p.name == runtime.SPEC_FILE)
+    for path in new:
+        os.replace(path, target / path.name)
+    written = {p.name for p in new}
+    for path in old:
+        if path.name in written or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)  # checked above: runtime bytecode or an interrupted export's staging
+        else:
+            path.unlink()
+
+
 def _write_bundle(
     out: str | Path,
     layout: FeatureLayout,
@@ -379,8 +478,11 @@ def _write_bundle(
     env_id: str | None = None,
     grid: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``export`` as a bundle in ``out`` (atomically: a temporary sibling, then a rename).
+    """Write ``export`` as a bundle in ``out``: a complete bundle or, on any failure, what was there before.
 
+    A new ``out`` appears at once (a temporary sibling, then a rename); in an existing one
+    (empty, or an old bundle with ``overwrite``; see :func:`check_out_dir`) the bundle is
+    built in a temporary directory inside it and moved over the old files.
     ``grid`` (:func:`action_grid`) describes the environment's action; without it, an
     ``env_id`` gives the grid as far as the policy tells (:func:`_assumed_grid`).
     """
@@ -389,11 +491,14 @@ def _write_bundle(
         grid = _assumed_grid(env_id, layout, export.action)
     _apply_grid(export.action, grid, env_id)
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise ExportError(f"{target} exists and is not empty; choose another directory or pass overwrite=True")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be read by a service
+    old = check_out_dir(target, overwrite)
+    existing = target.is_dir()
+    if existing:
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target))
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be read by a service
     try:
         files: dict[str, str] = {}
         if export.weights:
@@ -434,9 +539,11 @@ def _write_bundle(
         spec["spec_sha256"] = runtime.spec_digest(spec)
         (staging / runtime.SPEC_FILE).write_text(json.dumps(spec, indent=2, allow_nan=False) + "\n")
         runtime.load(staging)  # the bundle must load before it replaces anything
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        staging.rename(target)
+        if existing:
+            _replace_bundle(staging, target, old)
+            staging.rmdir()
+        else:
+            staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -1484,6 +1591,9 @@ def export_policy(
     ``env_id``, or Caching-v0 for a ``CachingEnvPolicy``) gives the grid as far as the
     policy tells, with the environment's default grids, and says so in
     ``action.grid_source``; what nobody knows is written ``"unknown"``.
+
+    ``out`` must be new or empty; ``overwrite`` lets it hold a bundle servegym exported
+    (and nothing else: :func:`check_out_dir`), which is then replaced.
     """
     from stable_baselines3.common.base_class import BaseAlgorithm
 

@@ -19,7 +19,9 @@ config (scenario and ``env.kwargs``) for an MLflow run, and from the policy's ow
 features and the environment's default grids for a policy directory (``grid_source``
 says which).
 
-The bundle is written to ``out`` (see :mod:`servegym.deploy.export`). A policy from an
+The bundle is written to ``out`` (see :mod:`servegym.deploy.export`): a new or empty
+directory, or with ``overwrite`` one holding a bundle servegym exported and nothing else;
+any other file there is refused by name before anything is loaded. A policy from an
 MLflow run is also logged into that run as a pyfunc model (``mlflow.log_model``), once:
 exporting the same bundle again, under any spelling of its run, reuses it
 (:func:`servegym.deploy.mlflow_model.log_bundle`); optionally registered with an alias;
@@ -41,7 +43,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from servegym.deploy.export import ExportError, export_policy
+from servegym.deploy.export import ExportError, check_out_dir, export_policy
 from servegym.deploy.runtime import BundleError
 from servegym.experiments.schema import register_configs
 from servegym.sim.config import ScenarioConfig
@@ -264,6 +266,7 @@ def export_source(
     ``log_model`` None logs the pyfunc model only for a policy that came from an MLflow
     run. Raises :class:`ExportError` with a message for people on any failure.
     """
+    check_out_dir(out, overwrite)  # before any work: a directory export may not write into costs nothing
     run_id: str | None = None
     grid: dict[str, Any] | None = None
     extra: dict[str, Any] = {}
