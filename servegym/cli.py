@@ -9,6 +9,7 @@ incidents, KPIs as JSON, the resolved scenario, and spans in the Chrome trace fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,15 @@ from pathlib import Path
 import yaml
 
 from servegym import __version__
-from servegym.sim.config import ConfigError, ScenarioConfig, apply_overrides, load_scenario, scenario_to_dict
+from servegym.sim.config import (
+    ConfigError,
+    ScenarioConfig,
+    apply_overrides,
+    check_run_size,
+    expected_requests,
+    load_scenario,
+    scenario_to_dict,
+)
 from servegym.sim.platform import Platform
 from servegym.sim.telemetry import (
     format_kpi_table,
@@ -32,6 +41,9 @@ from servegym.sim.telemetry import (
 from servegym.sim.workload import TraceError
 
 __all__ = ["TELEMETRY_FILES", "check_out_dir", "main", "write_telemetry"]
+
+LARGE_RUN_REQUESTS = 1_000_000
+"""Above this many expected requests, ``simulate`` says up front how much work the run is."""
 
 
 # What write_telemetry() may write into its directory (requests and intervals in either format).
@@ -48,28 +60,32 @@ TELEMETRY_FILES = (
 )
 
 
-def check_out_dir(out: Path, overwrite: bool = False) -> None:
+def check_out_dir(out: Path, overwrite: bool = False) -> Path | None:
     """Refuse an output directory that would mix this run's telemetry with other files.
 
     Called before the run, so a bad ``--out`` costs no simulation: a missing directory is
     created here (one that cannot be created fails now, not after the run), and an existing
     one must be writable. A directory holding only telemetry files may be reused with
     ``overwrite``: the old files are removed, so a CSV run after a Parquet run does not
-    leave the Parquet tables behind.
+    leave the Parquet tables behind. Returns the outermost directory it created (None if
+    none), so a run that fails can remove what it made (:func:`_remove_created`).
     """
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a directory (it is created if missing)")
     if not out.is_dir():
+        created = out.absolute()
+        while not created.parent.exists():
+            created = created.parent
         try:
             out.mkdir(parents=True)
         except OSError as exc:
             raise ValueError(f"--out {out} cannot be created: {exc.strerror or exc}") from None
-        return
+        return created
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out} is not writable")
     present = sorted(p.name for p in out.iterdir())
     if not present:
-        return
+        return None
     others = [name for name in present if name not in TELEMETRY_FILES]
     if others:
         raise ValueError(
@@ -80,6 +96,20 @@ def check_out_dir(out: Path, overwrite: bool = False) -> None:
         raise ValueError(f"--out {out} already holds telemetry ({', '.join(present)}): pass --overwrite to replace it")
     for name in present:
         (out / name).unlink()
+    return None
+
+
+def _remove_created(out: Path, created: Path | None) -> None:
+    """Remove the directories :func:`check_out_dir` created for ``out``, if they are still empty (no debris)."""
+    if created is None:
+        return
+    path = out.absolute()
+    while True:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        if path == created or path == path.parent:
+            return
+        path = path.parent
 
 
 def write_telemetry(platform: Platform, out: Path, fmt: str = "csv", max_spans: int = 20_000) -> list[Path]:
@@ -129,12 +159,25 @@ def _simulate(args: argparse.Namespace) -> int:
         scenario = replace(scenario, seed=args.seed)
     if args.duration is not None:
         scenario = apply_overrides(scenario, [f"duration_s={args.duration}"])
-    if args.out is not None:
-        check_out_dir(Path(args.out), args.overwrite)
+    check_run_size(scenario)
+    expected = expected_requests(scenario)
+    if expected > LARGE_RUN_REQUESTS:
+        print(
+            f"servegym: about {expected:,.0f} requests to simulate (roughly {expected / 100_000 / 60:.0f} min at "
+            "100k requests/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    created = check_out_dir(Path(args.out), args.overwrite) if args.out is not None else None
     start = time.perf_counter()
-    platform = Platform(scenario)  # the first build in a process also draws the intent catalogues
-    built = time.perf_counter()
-    kpis = platform.run()
+    try:
+        platform = Platform(scenario)  # the first build in a process also draws the intent catalogues
+        built = time.perf_counter()
+        kpis = platform.run()
+    except BaseException:
+        if args.out is not None:
+            _remove_created(Path(args.out), created)
+        raise
     elapsed = time.perf_counter() - built
     print(
         f"scenario {scenario.name!r}, seed {scenario.seed}: {scenario.duration_s:g} simulated s, "
@@ -207,6 +250,17 @@ def _check_evaluation(policies: list[str], seeds: list[int], params: dict[str, d
                 f"--param {policy}.{next(iter(params[policy]))}: {policy!r} is not among the evaluated policies "
                 f"({', '.join(sorted(named))})"
             )
+
+
+def _count(text: str) -> int:
+    """An integer >= 0 (``--max-spans``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: must be an integer >= 0")
+    return value
 
 
 def _seed(text: str) -> int:
@@ -353,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument(
         "--format", choices=("csv", "parquet"), default="csv", help="format of request and interval tables"
     )
-    sim.add_argument("--max-spans", type=int, default=20_000, help="requests written to trace.json")
+    sim.add_argument("--max-spans", type=_count, default=20_000, help="requests written to trace.json")
     sim.add_argument("overrides", nargs="*", metavar="key=value")
     ev = sub.add_parser(
         "evaluate",

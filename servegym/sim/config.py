@@ -18,9 +18,12 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
+
+if TYPE_CHECKING:
+    from servegym.sim.workload import Trace
 
 __all__ = [
     "BackendConfig",
@@ -38,6 +41,8 @@ __all__ = [
     "TokenLengths",
     "WorkloadConfig",
     "apply_overrides",
+    "check_run_size",
+    "expected_requests",
     "load_scenario",
     "scenario_from_dict",
     "scenario_to_dict",
@@ -166,6 +171,11 @@ class FlashCrowd:
         _check_positive("flash_crowds", "multiplier", self.multiplier)
 
 
+CATALOGUE_LIMIT_BYTES = 8 * 2**30
+"""The most memory one tenant's intent catalogue may take while it is built."""
+_CATALOGUE_BYTES_PER_VALUE = 20  # float64 noise and sum, float32 result, per embedding value
+
+
 ArrivalKind = Literal["poisson", "diurnal", "gamma", "mmpp", "trace"]
 TraceSchema = Literal["azure", "plain", "mooncake"]
 
@@ -247,6 +257,16 @@ class WorkloadConfig:
             _fail(owner, "tenants", names, "tenant names must be unique")
         _check_int(owner, "embedding_dim", self.embedding_dim, 2)
         _check_int(owner, "intents_per_topic", self.intents_per_topic, 1)
+        for tenant in self.tenants:
+            # A catalogue embeds every phrasing (float64 while built): refuse what no machine could hold.
+            peak = tenant.n_intents * tenant.n_variants * self.embedding_dim * _CATALOGUE_BYTES_PER_VALUE
+            if peak > CATALOGUE_LIMIT_BYTES:
+                raise ConfigError(
+                    f"tenants[{tenant.name}]: n_intents x n_variants x workload.embedding_dim = {tenant.n_intents:,} x "
+                    f"{tenant.n_variants:,} x {self.embedding_dim:,} phrasing embeddings would take about "
+                    f"{peak / 2**30:,.0f} GiB to build (at most {CATALOGUE_LIMIT_BYTES / 2**30:.0f} GiB): "
+                    "make them smaller"
+                )
         _check_nonneg(owner, "intent_spread", self.intent_spread)
         _check_nonneg(owner, "phrasing_noise", self.phrasing_noise)
 
@@ -667,6 +687,52 @@ def scenario_from_dict(data: Mapping[str, Any]) -> ScenarioConfig:
     return _build(ScenarioConfig, data, "")
 
 
+MAX_RUN_REQUESTS = 50_000_000
+"""The most requests one run may be expected to simulate. Request records stay in memory
+(hundreds of bytes each): beyond this a run would take hours and tens of GB before it said
+anything, so it is refused up front instead."""
+
+
+def expected_requests(scenario: ScenarioConfig, trace: Trace | None = None) -> float:
+    """How many requests a run of ``scenario`` is expected to simulate (the mean, not a bound).
+
+    Rate processes: the mean rate times the duration (a two-state MMPP's mean weighs its
+    rates by their mean sojourns; a diurnal cycle averages to ``rate_rps``), plus what the
+    flash crowds add. A trace (``trace``, else the scenario's file): its requests that
+    arrive before the end.
+    """
+    w = scenario.workload
+    duration = scenario.duration_s
+    if w.kind == "trace":
+        from servegym.sim.workload import load_trace  # workload imports this module
+
+        if trace is None:
+            assert w.trace_path is not None
+            trace = load_trace(w.trace_path, w.trace_schema)
+        arrivals = trace.arrival_s / w.trace_speedup
+        return float((arrivals < duration).sum())
+    rate = w.rate_rps
+    if w.kind == "mmpp":
+        rate = (w.rate_rps * w.mean_calm_s + w.burst_rate_rps * w.mean_burst_s) / (w.mean_calm_s + w.mean_burst_s)
+    crowds = sum(
+        rate * (c.multiplier - 1.0) * max(0.0, min(c.duration_s, duration - c.start_s)) for c in w.flash_crowds
+    )
+    return rate * duration + crowds
+
+
+def check_run_size(scenario: ScenarioConfig, trace: Trace | None = None) -> None:
+    """Refuse a run expected to simulate more than :data:`MAX_RUN_REQUESTS` requests, naming what sets its size."""
+    n = expected_requests(scenario, trace)
+    if n > MAX_RUN_REQUESTS:
+        w = scenario.workload
+        sized_by = "the trace's length" if w.kind == "trace" else f"workload.rate_rps = {w.rate_rps:g}"
+        raise ConfigError(
+            f"duration_s = {scenario.duration_s:g} with {sized_by} means about {n:,.0f} requests, more than one run "
+            f"may simulate ({MAX_RUN_REQUESTS:,}: hours of simulation and tens of GB of request records); "
+            "shorten duration_s or lower the rate"
+        )
+
+
 def trace_duration_s(scenario: ScenarioConfig) -> float:
     """The length of a run that replays the scenario's whole trace (what ``duration_s: null`` means).
 
@@ -713,6 +779,8 @@ SCENARIO_DIR = Path(__file__).resolve().parent.parent / "conf" / "scenario"
 def _scenario_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     """The file of a shipped scenario name, or a path (relative to ``relative_to``'s directory)."""
     path = Path(name_or_path)
+    if path.is_dir():
+        raise ConfigError(f"scenario {path} is a directory: give a scenario YAML file or a shipped name")
     if not path.suffix:
         shipped = SCENARIO_DIR / f"{name_or_path}.yaml"
         if not shipped.exists():
@@ -723,6 +791,8 @@ def _scenario_path(name_or_path: str | Path, relative_to: Path | None = None) ->
         path = relative_to.parent / path
     if not path.exists():
         raise ConfigError(f"scenario file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"scenario {path} is a directory, not a YAML file")
     return path
 
 
@@ -737,15 +807,55 @@ def _merged(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _no_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice in one mapping (first on line {seen[key] + 1}); keep one",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def _undecodable(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8 text, by line: ``line 3: byte 0xff is not UTF-8 text``."""
+    line = path.read_bytes()[: exc.start].count(b"\n") + 1
+    return f"line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8 text (is this a YAML file?)"
+
+
 def _scenario_data(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A scenario file's mapping, with its ``base:`` (a shipped name or a path) merged in underneath."""
     if path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path.resolve()))
         raise ConfigError(f"{path}: base scenarios form a cycle: {cycle}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {_undecodable(path, exc)}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        if mark is not None and problem:
+            raise ConfigError(f"{path}, line {mark.line + 1}: not valid YAML: {problem}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        # An empty file would silently run the dataclass defaults (one tenant, no SLO worth the name).
+        raise ConfigError(
+            f"{path} holds no scenario (it is empty or only comments): write its keys, or start from a shipped "
+            "one with 'base: default'"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a scenario file must hold a mapping, not {type(data).__name__}")
     if "base" not in data:

@@ -38,7 +38,7 @@ from simpy.events import NORMAL
 from servegym.sim.backends import FAILED_ERROR as BACKEND_ERROR
 from servegym.sim.backends import OK, Backend
 from servegym.sim.cache import ExactTier, SemanticTier
-from servegym.sim.config import ControlConfig, ScenarioConfig
+from servegym.sim.config import ControlConfig, ScenarioConfig, check_run_size
 from servegym.sim.faults import schedule_faults
 from servegym.sim.objective import Prices, resolve_prices
 from servegym.sim.pool import Pool
@@ -211,6 +211,8 @@ class Platform:
         )
         # The world (intent catalogues) is the scenario's; the run's seed draws the requests.
         self.workload = Workload(scenario.workload, self.streams, trace, catalogue_seed=scenario.seed)
+        # An astronomically long run is refused before it starts, not left to hang.
+        check_run_size(scenario, self.workload.trace)
         replayed = self.workload.trace
         self.prices: Prices = resolve_prices(
             scenario,

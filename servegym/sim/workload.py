@@ -68,14 +68,29 @@ class Trace:
         return self.hash_ids[self.hash_ids_start[i] : self.hash_ids_start[i + 1]]
 
 
+MAX_TRACE_TOKENS = 10_000_000
+"""The most tokens a trace row may give a prompt or an output: ten times the longest context
+window of any model in service in 2026. A larger count is a corrupt row (2^31 is an overflow
+elsewhere), which would otherwise sit in service past the run and be billed nothing."""
+
+
+def _check_token_count(value: int, column: str, where: str) -> int:
+    if value < 0:
+        raise TraceError(f"{where}: {column} {value} is negative")
+    if value > MAX_TRACE_TOKENS:
+        raise TraceError(
+            f"{where}: {column} {value:,} is more tokens than any model takes (at most {MAX_TRACE_TOKENS:,}); "
+            "is the row corrupt?"
+        )
+    return value
+
+
 def _parse_tokens(raw: str, column: str, where: str) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise TraceError(f"{where}: {column} {raw!r} is not an integer") from None
-    if value < 0:
-        raise TraceError(f"{where}: {column} {value} is negative")
-    return value
+    return _check_token_count(value, column, where)
 
 
 def _read_text(path: Path) -> str:
@@ -109,6 +124,8 @@ def read_trace(path: str | Path, schema: str = "azure") -> Trace:
         raise TraceError(f"trace schema {schema!r} is unknown: must be {', '.join(TRACE_SCHEMAS[:-1])} or mooncake")
     if not path.exists():
         raise TraceError(f"trace file {path} does not exist")
+    if not path.is_file():
+        raise TraceError(f"trace {path} is a directory, not a trace file")
     text = _read_text(path)
     if schema == "mooncake":
         return _read_mooncake(path, text)
@@ -156,13 +173,25 @@ def _schema_hint(first_line: str, schema: str) -> str:
     return ""
 
 
+def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows; a row the csv module refuses (a field over its size limit) is a :class:`TraceError`."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise TraceError(f"{path}, line {reader.line_num}: {exc}; is this a CSV trace?") from None
+        yield row
+
+
 def _read_csv(path: Path, text: str, schema: str) -> Trace:
     times: list[float] = []
     prompts: list[int] = []
     outputs: list[int] = []
     origin: datetime | None = None
     reader = csv.reader(io.StringIO(text, newline=""))
-    for row in reader:
+    for row in _csv_rows(reader, path):
         line = reader.line_num
         where = f"{path}, line {line}"
         if not row or all(not cell.strip() for cell in row):
@@ -222,11 +251,7 @@ def _mooncake_count(record: dict[str, Any], key: str, where: str) -> int:
     value = record[key]
     if not _json_int(value):
         raise TraceError(f"{where}: {key} {value!r} is not an integer number of tokens")
-    if value < 0:
-        raise TraceError(f"{where}: {key} {value} is negative")
-    if value > _INT64_MAX:
-        raise TraceError(f"{where}: {key} {value} is too large (at most {_INT64_MAX})")
-    return int(value)
+    return _check_token_count(int(value), key, where)
 
 
 def _read_mooncake(path: Path, text: str) -> Trace:

@@ -165,14 +165,18 @@ def test_load_scenario_other_errors(tmp_path: Path) -> None:
         load_scenario(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("pool: [1, 2\n")
-    with pytest.raises(ConfigError, match=re.escape(str(broken)) + " is not valid YAML"):
+    with pytest.raises(ConfigError, match=re.escape(str(broken)) + ", line 2: not valid YAML"):
         load_scenario(broken)
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("pool:\n  min_replicas: 5\n  max_replicas: 2\n  initial_replicas: 3\n")
     with pytest.raises(ConfigError, match=re.escape(str(invalid)) + ": pool.max_replicas = 2"):
         load_scenario(invalid)
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
+    empty.write_text("# nothing yet\n")
+    # An empty file would run the dataclass defaults (issue 14): refused; an explicit {} is deliberate.
+    with pytest.raises(ConfigError, match="holds no scenario"):
+        load_scenario(empty)
+    empty.write_text("{}\n")
     assert load_scenario(empty) == ScenarioConfig()
 
 
