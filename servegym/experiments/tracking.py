@@ -4,6 +4,12 @@
   joblib workers and resumed runs must all reach the same store whatever their working
   directory. Precedence: the config's ``tracking.uri``, then ``MLFLOW_TRACKING_URI``, then
   MLflow's own default, a SQLite file ``mlflow.db`` in the directory servegym was started from.
+  :func:`tracking_uri` also makes MLflow open every SQLite store under a file lock
+  (``<store>.lock``), so jobs started together on a new store create its tables once.
+- :func:`require_server` and :func:`check_store` fail in seconds, in one line naming the
+  setting and the path, for a store that cannot be used: a tracking server that does not
+  answer, an unknown scheme, a corrupt, truncated or non-SQLite file, a path under a file,
+  an unwritable directory (where MLflow would retry for about two minutes).
 - :func:`require_store` guards read-only lookups (``export run=<id>``, ``resume=<id>``, a
   distillation teacher): MLflow would create an empty SQLite store (or ``mlruns/``) to look
   in; a missing store is refused instead, naming the path it looked at.
@@ -20,10 +26,14 @@ import hashlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,13 +41,19 @@ from urllib.parse import unquote, urlparse
 
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
     "BatchLogger",
     "PrepareStoreCallback",
     "StoreNotFoundError",
     "TrackingServerUnreachableError",
+    "UnusableTrackingStoreError",
+    "check_store",
     "config_hash",
     "flatten",
     "git_commit",
@@ -68,8 +84,16 @@ def tracking_uri(configured: str | None = None, base_dir: str | Path | None = No
 
     A relative SQLite or file path is made absolute against ``base_dir`` (default: the
     current directory), so a job started in another directory still writes to the same store.
+    From then on MLflow opens a SQLite store in this process through :func:`_open_sqlite_store`:
+    checked, and created under a file lock (every app resolves its URI here before any client).
     """
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = _absolute(configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", base_dir)
+    _SETTING_OF[uri] = uri_setting(configured)
+    _lock_sqlite_stores()
+    return uri
+
+
+def _absolute(uri: str, base_dir: str | Path | None) -> str:
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
@@ -79,6 +103,10 @@ def tracking_uri(configured: str | None = None, base_dir: str | Path | None = No
     if uri.startswith("file:") or "://" in uri:
         return uri
     return (base / uri).resolve().as_uri()
+
+
+_SETTING_OF: dict[str, str] = {}
+"""The setting each URI :func:`tracking_uri` returned came from, for errors found when MLflow opens it."""
 
 
 class StoreNotFoundError(ValueError):
@@ -111,8 +139,11 @@ def require_store(uri: str, what: str) -> None:
 
 
 def uri_setting(configured: object) -> str:
-    """The setting a resolved tracking URI came from: ``tracking.uri`` when one was configured, else the variable."""
-    return "tracking.uri" if configured else "MLFLOW_TRACKING_URI"
+    """The setting to change for a resolved tracking URI: ``MLFLOW_TRACKING_URI`` when it came from that variable.
+
+    Otherwise ``tracking.uri``: it was configured, or it is the default, which is replaced by setting it.
+    """
+    return "MLFLOW_TRACKING_URI" if not configured and os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
 
 
 class TrackingServerUnreachableError(ValueError):
@@ -125,11 +156,13 @@ def require_server(uri: str, what: str = "tracking.uri", timeout_s: float = 5.0)
     A TCP connection to the URI's host and port (80/443 by default) must open within
     ``timeout_s``; MLflow's client would otherwise retry for minutes, printing only urllib3
     warnings. ``what`` is the setting the URI came from (``tracking.uri``,
-    ``MLFLOW_TRACKING_URI``); the message names it, the address and the cause. Other
-    schemes (SQLite, files, databases) pass: they are checked where they are opened.
+    ``MLFLOW_TRACKING_URI``); the message names it, the address and the cause. Any other
+    URI goes through :func:`check_store` (its :class:`UnusableTrackingStoreError` is a
+    subclass, so the callers that stop on an unreachable server stop on it too).
     """
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
+        check_store(uri, what)
         return
     host = parsed.hostname
     try:
@@ -153,6 +186,139 @@ def require_server(uri: str, what: str = "tracking.uri", timeout_s: float = 5.0)
         f"{what}: cannot reach the MLflow tracking server at {parsed.scheme}://{host}:{port} ({cause}); {hint}, "
         f"or set {what} to a running server or a local store (tracking.uri=sqlite:///mlflow.db)"
     )
+
+
+class UnusableTrackingStoreError(TrackingServerUnreachableError):
+    """The tracking URI names a store MLflow cannot open or create.
+
+    A subclass of :class:`TrackingServerUnreachableError`: train, compare and export, which
+    stop on an unreachable server in one line, stop on an unusable store the same way.
+    """
+
+
+def check_store(uri: str, what: str = "tracking.uri") -> None:
+    """Raise :class:`UnusableTrackingStoreError` when MLflow could not use ``uri`` as a tracking store; create nothing.
+
+    Refused: a scheme MLflow has no store for; for a SQLite store, a file that is corrupt,
+    truncated or not SQLite, a directory in its place, a path under a file, and a missing
+    store whose directory cannot be written (MLflow would retry for about two minutes). A
+    missing store in a writable place passes (MLflow creates it) and so does a store that
+    exists but is read-only (reading it works; a write fails at once). http(s) servers are
+    :func:`require_server`'s part. ``what`` is the setting the URI came from; the message
+    names it and the path.
+    """
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        return
+    try:
+        _tracking_store_registry.get_store_builder(uri)  # type: ignore[no-untyped-call]
+    except (UnsupportedModelRegistryStoreURIException, MlflowException):  # postgresqlx:// is the latter
+        known = ", ".join(s for s in sorted(_tracking_store_registry._registry) if s)
+        raise UnusableTrackingStoreError(
+            f"{what} = {_without_password(uri)!r}: MLflow has no tracking store for the scheme {scheme!r} (it knows "
+            f"{known}); e.g. {what}=sqlite:////absolute/path/mlflow.db or {what}=http://host:5000"
+        ) from None
+    store = _sqlite_path(uri)
+    if store is None:
+        return
+    existing = next(p for p in (store, *store.parents) if p.exists())
+    fix = f"set {what} to another path (tracking.uri=sqlite:////absolute/path/mlflow.db)"
+    if existing == store:
+        _check_sqlite_file(store, what, fix)
+    elif not existing.is_dir():
+        raise UnusableTrackingStoreError(
+            f"{what}: cannot create the MLflow tracking store {store}: {existing} is a file, not a directory; {fix}"
+        )
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            raise UnusableTrackingStoreError(
+                f"{what}: cannot create the MLflow tracking store {store}: {existing} is not writable "
+                f"({(exc.strerror or str(exc)).lower()}); {fix}"
+            ) from None
+
+
+def _check_sqlite_file(store: Path, what: str, fix: str) -> None:
+    """Refuse a directory, or a file SQLite cannot read as a database (a cheap read of its schema, not a full check)."""
+    if store.is_dir():
+        raise UnusableTrackingStoreError(f"{what}: the MLflow tracking store {store} is a directory, not a file; {fix}")
+    try:
+        with closing(sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CANTOPEN):
+            return  # busy or locked by a writer: MLflow waits for it
+        raise UnusableTrackingStoreError(
+            f"{what}: the MLflow tracking store {store} cannot be read as an SQLite database ({exc}): it is corrupt, "
+            f"truncated or not SQLite; restore it from a backup or move it aside, or {fix}"
+        ) from None
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI; None for any other URI and for an in-memory database."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]  # as tracking_uri and require_store read it
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _without_password(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
+
+
+def _lock_sqlite_stores() -> None:
+    """Route MLflow's SQLite store builder through :func:`_open_sqlite_store` in this process (once)."""
+    builder = _tracking_store_registry.get_store_builder("sqlite://")  # type: ignore[no-untyped-call]
+    if isinstance(builder, partial) and builder.func is _open_sqlite_store:
+        return
+    locked = partial(_open_sqlite_store, mlflow_builder=builder)
+    _tracking_store_registry.register("sqlite", locked)  # type: ignore[no-untyped-call]
+
+
+def _open_sqlite_store(store_uri: str, artifact_uri: str | None = None, *, mlflow_builder: Callable[..., Any]) -> Any:
+    """MLflow's SQLite store, opened after :func:`check_store` and, on a file, under :func:`_creation_lock`.
+
+    A new store's tables are created by the first client to open it: two processes doing that
+    at once both start MLflow's migrations and one fails (``table metrics already exists``).
+    Under the lock the second waits, then finds the tables there. An error MLflow raises
+    while opening the store becomes one line naming the setting and the path.
+    """
+    store = _sqlite_path(store_uri)
+    if store is None:
+        return mlflow_builder(store_uri=store_uri, artifact_uri=artifact_uri)
+    what = _SETTING_OF.get(store_uri, "tracking.uri")
+    check_store(store_uri, what)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _creation_lock(store):
+            return mlflow_builder(store_uri=store_uri, artifact_uri=artifact_uri)
+    except (MlflowException, SQLAlchemyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnusableTrackingStoreError(f"{what}: cannot open the MLflow tracking store {store}: {first}") from exc
+
+
+@contextmanager
+def _creation_lock(store: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<store>.lock``; the system releases it however the process ends.
+
+    Where the lock file cannot be created (a read-only directory) no store can be created
+    either: an existing one is then opened without the lock.
+    """
+    import fcntl  # POSIX; imported here so that importing this module does not need it
+
+    try:
+        handle = open(store.with_name(f"{store.name}.lock"), "a")  # noqa: SIM115 (closed by the with below)
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def run_name(env: str, policy: str, scenario: str, seed: int) -> str:
@@ -263,12 +429,12 @@ def _chunks(items: list[Metric], size: int) -> Iterator[list[Metric]]:
 
 
 class PrepareStoreCallback(Callback):
-    """Hydra callback: create the tracking store once, before a multirun launches its jobs.
+    """Hydra callback: check the tracking store and create it once, before a multirun launches its jobs.
 
-    A fresh SQLite store builds its tables on first use; two parallel jobs (the joblib
-    launcher) doing that at once race on the same migration and one fails. Touching the
-    store from the launching process first leaves the jobs nothing to create. An http(s)
-    server that does not answer stops the multirun here, before any job starts.
+    The jobs would create a new SQLite store's tables only once anyway (under the lock of
+    :func:`tracking_uri`); creating it here leaves them nothing to wait for. A store that
+    cannot be used (a server that does not answer, a corrupt or unwritable file) stops the
+    multirun here in one line, before any job starts.
     """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
@@ -276,8 +442,8 @@ class PrepareStoreCallback(Callback):
         uri = tracking_uri(configured)
         try:
             require_server(uri, uri_setting(configured))
+            MlflowClient(uri).search_experiments(max_results=1)
         except TrackingServerUnreachableError as exc:
             # stop before any job starts (Hydra only warns about a callback's exception)
             print(f"servegym: error: {exc}", file=sys.stderr)
             sys.exit(2)
-        MlflowClient(uri).search_experiments(max_results=1)
