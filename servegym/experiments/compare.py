@@ -1227,7 +1227,7 @@ class ComparisonCallback(Callback):
             refuse_list_sweeps([str(o) for o in config.hydra.overrides.task], config.get("label") is not None)
             _validate(comparison)
             configured = (config.get("tracking") or {}).get("uri")
-            require_server(self._client(config).tracking_uri, uri_setting(configured))
+            require_server(tracking_uri(configured, str(config.hydra.runtime.cwd)), uri_setting(configured))
             warnings = _validate_policies(config, comparison, self._client(config))
             _check_jobs(config, comparison)
         except ConfigError as exc:

@@ -241,11 +241,6 @@ def test_the_apps_refuse_an_unwritable_directory_in_seconds(command: str, unwrit
     _assert_refused(done, elapsed_s, command, f"tracking.uri: cannot create the MLflow tracking store {store}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compare's ComparisonCallback.on_multirun_start opens an MlflowClient before require_server; "
-    "needs require_server(tracking_uri(configured, str(config.hydra.runtime.cwd)), uri_setting(configured))",
-)
 def test_compare_refuses_an_unknown_scheme_in_one_line(tmp_path: Path) -> None:
     uri, _ = _unknown_scheme(tmp_path)
     done, elapsed_s = _cli("compare", [f"tracking.uri={uri}"], tmp_path)
