@@ -47,6 +47,7 @@ trains the same budget (:class:`EqualBudgetCallback`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
@@ -588,6 +589,7 @@ class _TrackingCallback(BaseCallback):
         self.trainer = trainer
         self.last_checkpoint = 0
         self.last_eval = 0
+        self.checkpoint_due = False
 
     def _on_training_start(self) -> None:
         # a resumed run counts its intervals from the checkpoint, not from zero
@@ -598,6 +600,13 @@ class _TrackingCallback(BaseCallback):
         # rollout late, and never for the last update. Write them now, at the step of the update.
         if isinstance(self.model, OnPolicyAlgorithm):
             self.model.logger.dump(step=self.model.num_timesteps)
+        if self.checkpoint_due:
+            # Here, between rollouts, every metric up to this step has been handed to the logger (the
+            # last rollout's, the last update's): dump what is left and let checkpoint() flush it first,
+            # so a checkpoint never runs ahead of the logged metrics (a kill after it loses nothing).
+            self.model.logger.dump(step=self.model.num_timesteps)
+            self.checkpoint_due = False
+            self.trainer.checkpoint()
 
     def _on_step(self) -> bool:
         finished = [
@@ -613,8 +622,9 @@ class _TrackingCallback(BaseCallback):
             self.trainer.batch.log(means, self.num_timesteps)
         t = self.trainer
         if t.checkpoint_every and self.num_timesteps - self.last_checkpoint >= t.checkpoint_every:
+            # Mid-rollout the rollout's and the update's metrics are not logged yet: checkpoint at the next rollout.
             self.last_checkpoint = self.num_timesteps
-            t.checkpoint()
+            self.checkpoint_due = True
         if t.eval_every and self.num_timesteps - self.last_eval >= t.eval_every:
             self.last_eval = self.num_timesteps
             t.log_eval(t.freeze(), step=self.num_timesteps)
@@ -674,6 +684,9 @@ class _Trainer:
         (path / "state.yaml").write_text(yaml.safe_dump({"num_timesteps": int(model.num_timesteps)}))
         self.batch.flush()
         self.client.log_artifacts(self.run_id, str(path), "checkpoints/latest")
+        # What resume may load (SB3's files are pickles): the hashes of the files servegym wrote,
+        # kept in the tracking store apart from the artifacts they vouch for.
+        self.client.set_tag(self.run_id, CHECKPOINT_TAG, json.dumps(_file_hashes(path), sort_keys=True))
 
     def freeze(self) -> SB3Policy:
         assert self.model is not None
@@ -931,12 +944,41 @@ def _new_sb3_model(v: Validated) -> BaseAlgorithm:
         raise
 
 
+CHECKPOINT_TAG = "servegym.checkpoint_sha256"
+"""Run tag: the sha256 of every file of the latest checkpoint, as servegym wrote them (JSON)."""
+
+
+def _file_hashes(directory: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()
+    }
+
+
 def _download_checkpoint(client: MlflowClient, run_id: str, into: Path) -> Path:
+    """The run's latest checkpoint, refused unless its files are the ones servegym wrote (their recorded hashes).
+
+    SB3 checkpoints are pickles, and loading a pickle runs code: resume loads only files whose
+    sha256 matches what the run recorded when it wrote them (:data:`CHECKPOINT_TAG`).
+    """
     try:
-        local = client.download_artifacts(run_id, "checkpoints/latest", str(into))
+        local = Path(client.download_artifacts(run_id, "checkpoints/latest", str(into)))
     except Exception as exc:  # MLflow raises several types for a missing artifact
         raise ConfigError(f"resume={run_id}: the run has no checkpoint to resume from ({exc})") from exc
-    return Path(local)
+    recorded = client.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
+    if recorded is None:
+        raise ConfigError(
+            f"resume={run_id}: the checkpoint carries no hashes recorded by servegym (tag {CHECKPOINT_TAG}), so "
+            "its pickled files cannot be trusted; retrain instead"
+        )
+    found = _file_hashes(local)
+    expected: dict[str, str] = json.loads(recorded)
+    changed = sorted(name for name in set(found) | set(expected) if found.get(name) != expected.get(name))
+    if changed:
+        raise ConfigError(
+            f"resume={run_id}: checkpoint file(s) {', '.join(changed)} differ from what servegym wrote (sha256 "
+            f"recorded in tag {CHECKPOINT_TAG}); refusing to load them (a pickle runs code when loaded)"
+        )
+    return local
 
 
 def _checkpoint_steps(checkpoint: Path) -> int:

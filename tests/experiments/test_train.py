@@ -633,3 +633,41 @@ def test_tune_ppo_sweep_evaluates_the_best_trial_on_held_out_seeds(tmp_path: Pat
     lines = done.stdout.strip().splitlines()
     assert lines[-3].startswith("objective = cost + $0.01 per SLO miss")
     assert lines[-1].startswith("drops: ") and "worst seed" in lines[-1] and "against builtin" in lines[-1]
+
+
+def test_a_checkpoint_never_runs_ahead_of_the_logged_metrics(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SIGKILL right after a checkpoint must lose no metric up to its step (resume continues from it):
+    # at the moment each checkpoint is logged, the store already holds its step's rollout and update metrics.
+    seen: list[tuple[int, set[int], set[int]]] = []
+    real = MlflowClient.log_artifacts
+
+    def spy(self: MlflowClient, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        if artifact_path == "checkpoints/latest":
+            step = int(yaml.safe_load((Path(local_dir) / "state.yaml").read_text())["num_timesteps"])
+            rollout = {m.step for m in self.get_metric_history(run_id, "time/total_timesteps")}
+            update = {m.step for m in self.get_metric_history(run_id, "train/value_loss")}
+            seen.append((step, rollout, update))
+        real(self, run_id, local_dir, artifact_path)
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", spy)
+    overrides = ["agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}", "total_timesteps=96"]
+    run_training(_compose(*overrides))
+    periodic = [s for s in seen if s[0] < 96]
+    assert periodic, "no periodic checkpoint was taken"
+    for step, rollout, update in seen:
+        assert step in rollout and step in update, (step, sorted(rollout), sorted(update))
+
+
+def test_resume_refuses_a_checkpoint_servegym_did_not_write(store: str, tmp_path: Path) -> None:
+    overrides = ["agent=ppo", *TINY, *TINY_HYPERPARAMS["ppo"], f"tracking.uri={store}", "total_timesteps=96"]
+    with pytest.raises(TrainingInterruptedError) as info:
+        run_training(_compose(*overrides), callbacks=[_Interrupt(at=40)])
+    run_id = info.value.run_id
+    client = MlflowClient(store)
+    # Someone replaces the checkpoint's model.zip in the artifact store (a pickle runs code when loaded).
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "model.zip").write_bytes(b"not what servegym wrote")
+    client.log_artifacts(run_id, str(planted), "checkpoints/latest")
+    with pytest.raises(ConfigError, match=r"checkpoint file\(s\) model\.zip differ from what servegym wrote"):
+        run_training({"resume": run_id, "tracking": {"uri": store}})
