@@ -1319,6 +1319,11 @@ def final_lines(result: TrainResult) -> list[str]:
     summary and, last, the drops, failures and worst seed (:func:`outcome_line`).
     """
     lines = [f"run {result.run_id}: {result.timesteps} steps"]
+    if not result.eval_seeds:
+        # Said, not silent: an empty eval_seeds is allowed (a script that evaluates elsewhere), but no run
+        # should look evaluated when it is not.
+        lines.append("no final evaluation: eval_seeds is empty, so the run has no eval/* metrics")
+        return lines
     if not result.kpis:
         return lines
     report = result.robustness

@@ -113,6 +113,9 @@ def test_a_policy_stuck_at_min_replicas_is_flagged_naming_its_worst_seed() -> No
     last = lines[-1]
     assert last.startswith("drops: ") and "dropped or failed" in last and "failed)" in last
     assert f"worst seed {worst}: objective" in last and f"{len(report.flags)} flags against builtin (above)" in last
+    # eval_seeds=[] is allowed (a script evaluating elsewhere) but said, not silent
+    unevaluated = final_lines(TrainResult("r2", stuck, 64, {}, [], v.prices, None))
+    assert unevaluated[-1] == "no final evaluation: eval_seeds is empty, so the run has no eval/* metrics"
 
 
 def test_the_baseline_and_shifts_are_configurable_and_the_check_can_be_off(tmp_path: Path) -> None:
