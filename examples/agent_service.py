@@ -422,22 +422,46 @@ class AgentService:
         self._tasks, self.replicas = [], []
 
 
+def _positive(text: str) -> float:
+    """A finite number > 0 (a duration, an interval, a rate): 0 or less would spin or do nothing."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is invalid: must be a finite number > 0")
+    return value
+
+
+def _count(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: must be an integer >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--scaling", required=True, help="bundle directory of a scaling policy")
     parser.add_argument("--routing", default=None, help="bundle directory of a routing policy")
     parser.add_argument("--mode", choices=["control", "shadow"], default="shadow")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds to serve")
-    parser.add_argument("--interval", type=float, default=1.0, help="control interval in seconds")
-    parser.add_argument("--rate", type=float, default=50.0, help="calm arrival rate, requests/s")
+    parser.add_argument("--duration", type=_positive, default=20.0, help="seconds to serve")
+    parser.add_argument("--interval", type=_positive, default=1.0, help="control interval in seconds")
+    parser.add_argument("--rate", type=_positive, default=50.0, help="calm arrival rate, requests/s")
     parser.add_argument(
         "--routing-sample",
-        type=int,
+        type=_count,
         default=5,
         help="per-request routing decisions logged per interval (a random sample)",
     )
     parser.add_argument("--log-file", default=None, help="write the decision log (JSON lines) here instead of stderr")
     args = parser.parse_args(argv)
+    if args.interval > args.duration:
+        parser.error(f"--interval {args.interval:g} is longer than --duration {args.duration:g}: no decision would run")
     try:
         scaling = load_bundle(args.scaling, "--scaling")
         routing = load_bundle(args.routing, "--routing") if args.routing else None
@@ -452,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     service = AgentService(
-        scaling, routing, mode=args.mode, interval_s=args.interval, routing_sample=max(0, args.routing_sample)
+        scaling, routing, mode=args.mode, interval_s=args.interval, routing_sample=args.routing_sample
     )
     total = asyncio.run(service.run(args.duration, args.rate, 4 * args.rate))
     print(summary(args.mode, total, service.slo_s) + (f"; decision log in {args.log_file}" if args.log_file else ""))

@@ -151,3 +151,24 @@ def test_decision_log_goes_to_a_file(bundles: tuple[Path, Path], tmp_path: Path)
     routed = sum(e["routing"]["decisions"] for e in entries)
     assert f"{len(entries)} scaling decisions" in done.stdout
     assert f"{routed} routing decisions" in done.stdout and "latency p50" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--interval", "-1"], "argument --interval: -1 is invalid: must be a finite number > 0"),
+        (["--interval", "0"], "argument --interval: 0 is invalid"),
+        (["--duration", "-5"], "argument --duration: -5 is invalid"),
+        (["--rate", "nan"], "argument --rate: nan is invalid"),
+        (["--routing-sample", "-2"], "argument --routing-sample: -2 is invalid"),
+        (["--duration", "2", "--interval", "5"], "--interval 5 is longer than --duration 2"),
+    ],
+)
+def test_nonsense_options_are_refused_before_serving(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --interval -1 used to spin (26,639 decisions in 3 s); --duration -5 exited 0 having done nothing.
+    with pytest.raises(SystemExit) as info:
+        _example().main(["--scaling", "unused", *args])
+    assert info.value.code == 2
+    assert says in capsys.readouterr().err
