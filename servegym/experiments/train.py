@@ -58,7 +58,6 @@ import sys
 import tempfile
 import threading
 import traceback
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -546,15 +545,19 @@ def _warn_if_rounded_up(model: BaseAlgorithm, total_timesteps: int) -> None:
         what = f"n_steps {size // model.n_envs} x {model.n_envs} envs"
     rollout = f"the rollout size {size} ({what})"
     budget, ending = f"total_timesteps={total_timesteps} is", f"{actual} timesteps will run"
+    # The budgets that train exactly: whole rollouts from where training starts (a resumed run's checkpoint).
+    below = actual - size
+    exact = f"{below:,} or {actual:,}" if below > done else f"{actual:,}"
+    advice = f"to train exactly the budget, use total_timesteps={exact}"
     if done:  # resumed: what is left after the checkpoint is rounded up
         left = total_timesteps - done
         budget = f"total_timesteps={total_timesteps} leaves {left} after the checkpoint's {done}, which is"
         ending = f"training will end at {actual} timesteps"
-    warnings.warn(
-        f"{budget} not a multiple of {rollout}: SB3 trains whole rollouts, so {ending}, "
-        f"{actual - total_timesteps} more than total_timesteps. Use a multiple of {size} to train exactly the budget.",
-        UserWarning,
-        stacklevel=2,
+        advice += f" ({done:,} + a multiple of {size:,})"
+    print(
+        f"servegym train: warning: {budget} not a multiple of {rollout}: SB3 trains whole rollouts, so {ending}, "
+        f"{actual - total_timesteps} more than total_timesteps; {advice}",
+        file=sys.stderr,
     )
 
 

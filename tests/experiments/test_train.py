@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -356,31 +355,30 @@ def test_sklearn_learner_arguments_are_validated() -> None:
 
 
 # -- the training budget ---------------------------------------------------------------------
-def test_rollout_sizes_and_the_warning_for_a_budget_between_rollouts() -> None:
+def test_rollout_sizes_and_the_warning_for_a_budget_between_rollouts(capsys: pytest.CaptureFixture[str]) -> None:
     venv = make_vec_env("servegym/Autoscaling-v0", {"duration_s": 300.0}, 4, 0, "ppo")
     ppo = build_model("ppo", venv, {"n_steps": 256, "batch_size": 256}, 0)
     assert rollout_timesteps(ppo) == 1024
-    with pytest.warns(
-        UserWarning,
-        match=r"total_timesteps=64 is not a multiple of the rollout size 1024 \(n_steps 256 x 4 envs\).*"
-        r"so 1024 timesteps will run, 960 more than total_timesteps",
-    ):
-        _warn_if_rounded_up(ppo, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _warn_if_rounded_up(ppo, 2048)  # whole rollouts: nothing to say
+    _warn_if_rounded_up(ppo, 64)
+    err = capsys.readouterr().err
+    assert err.startswith("servegym train: warning: total_timesteps=64 is not a multiple of the rollout size 1024")
+    assert "(n_steps 256 x 4 envs)" in err and "so 1024 timesteps will run, 960 more than total_timesteps" in err
+    assert "to train exactly the budget, use total_timesteps=1,024" in err and "Traceback" not in err
+    _warn_if_rounded_up(ppo, 2048)  # whole rollouts: nothing to say
+    assert capsys.readouterr().err == ""
     ppo.num_timesteps = 40  # resumed from a checkpoint taken mid-rollout: what is left is rounded up
-    with pytest.warns(
-        UserWarning,
-        match=r"total_timesteps=2048 leaves 2008 after the checkpoint's 40, which is not a multiple of the rollout "
-        r"size 1024 .* so training will end at 2088 timesteps, 40 more than total_timesteps",
-    ):
-        _warn_if_rounded_up(ppo, 2048)
+    _warn_if_rounded_up(ppo, 2048)
+    err = capsys.readouterr().err
+    assert "total_timesteps=2048 leaves 2008 after the checkpoint's 40, which is not a multiple of the rollout" in err
+    assert "so training will end at 2088 timesteps, 40 more than total_timesteps" in err
+    # The reachable budgets from the checkpoint, not "a multiple of 1024" (2048 is one, and cannot be hit).
+    assert "use total_timesteps=1,064 or 2,088 (40 + a multiple of 1,024)" in err
     single = make_vec_env("servegym/Autoscaling-v0", {"duration_s": 300.0}, 1, 0, "dqn")
     dqn = build_model("dqn", single, {"train_freq": 4, "learning_starts": 16}, 0)
     assert rollout_timesteps(dqn) == 4
-    with pytest.warns(UserWarning, match=r"rollout size 4 \(train_freq 4 steps x 1 envs\).* 12 timesteps will run"):
-        _warn_if_rounded_up(dqn, 10)
+    _warn_if_rounded_up(dqn, 10)
+    err = capsys.readouterr().err
+    assert "rollout size 4 (train_freq 4 steps x 1 envs)" in err and "12 timesteps will run" in err
     sac = build_model("sac", make_vec_env("servegym/Autoscaling-v0", {"duration_s": 300.0}, 1, 0, "sac"),
                       {"train_freq": (1, "episode")}, 0)  # fmt: skip
     assert rollout_timesteps(sac) is None  # an episode's length is not known in advance: no warning
@@ -388,11 +386,15 @@ def test_rollout_sizes_and_the_warning_for_a_budget_between_rollouts() -> None:
         venv_.close()
 
 
-def test_a_budget_between_rollouts_warns_and_logs_the_timesteps_trained(store: str) -> None:
+def test_a_budget_between_rollouts_warns_and_logs_the_timesteps_trained(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     overrides = [o for o in TINY if not o.startswith("total_timesteps=")]
     cfg = _compose("agent=ppo", *overrides, *TINY_HYPERPARAMS["ppo"], "total_timesteps=40", f"tracking.uri={store}")
-    with pytest.warns(UserWarning, match=r"total_timesteps=40 .* rollout size 32 .* so 64 timesteps will run"):
-        result = run_training(cfg)
+    result = run_training(cfg)
+    err = capsys.readouterr().err
+    assert "servegym train: warning: total_timesteps=40 is not a multiple of the rollout size 32" in err
+    assert "so 64 timesteps will run" in err
     assert result.timesteps == 64
     history = MlflowClient(store).get_metric_history(result.run_id, "budget/trained_timesteps")
     assert [(m.value, m.step) for m in history] == [(64.0, 64)]
