@@ -1237,7 +1237,8 @@ class ComparisonCallback(Callback):
         except TrackingServerUnreachableError as exc:
             print(f"servegym compare: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from exc
-        warnings.append(few_seeds_warning(len(seeds_of(comparison.get("seeds")))) or "")
+        if not sys.stdout.isatty():  # a terminal sees it atop the tables; a file or pipe there, and here once
+            warnings.append(few_seeds_warning(len(seeds_of(comparison.get("seeds")))) or "")
         for warning in filter(None, warnings):
             print(f"servegym compare: {warning}", file=sys.stderr)
         client, experiment_id, sweep_dir, _ = self._setup(config)

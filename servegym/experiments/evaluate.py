@@ -288,8 +288,8 @@ def evaluate(
     """Evaluate each policy on every seed; the same seeds for all (common random numbers).
 
     With fewer than 3 seeds, a warning (:func:`~servegym.experiments.stats.few_seeds_warning`)
-    goes to stderr as well as into :func:`format_comparison`'s table, so it is seen when
-    stdout goes to a file.
+    heads :func:`format_comparison`'s table; when stdout is not a terminal (a file, a pipe)
+    it also goes to stderr, so whoever watches the terminal sees it, once.
     """
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
@@ -298,7 +298,7 @@ def evaluate(
         platforms = [simulate(spec, env_id, scenario, s, params) for s in seeds]
         results.append(PolicyResult(spec, tuple(seeds), tuple(p.kpis()["all"] for p in platforms), platforms[0].prices))
     warning = few_seeds_warning(len(seeds), "evaluation")
-    if warning and results:
+    if warning and results and not sys.stdout.isatty():
         print(f"servegym evaluate: {warning}", file=sys.stderr)
     return results
 

@@ -131,7 +131,8 @@ def format_estimate(e: Estimate, kpi: str, difference: bool = False) -> str:
     (``+0.56 pts ± 0.31``); seconds and dollars print bare, the column header names the unit
     (``p95 s``, ``cost $``). The decimals follow the half-width (two significant digits of
     it, bounded), so ``19 ± 120`` is not written as ``19.28 ± 1.2e+02``. Never scientific
-    notation; CSV and MLflow keep the raw floats.
+    notation; CSV and MLflow keep the raw floats. A share's interval that reaches past
+    0 or 100% is shown as the range cut to what is possible (``75% [0, 100%]``).
     """
     if math.isnan(e.mean):
         return "-"
@@ -144,6 +145,13 @@ def format_estimate(e: Estimate, kpi: str, difference: bool = False) -> str:
     text = _fixed(mean, d, signed=difference)
     if unit == "%":
         text += " pts" if difference else "%"
+        # A share lies in [0, 100%] (a difference of shares in [-100, 100] pts): an interval reaching
+        # past that says nothing there, so it is shown cut to the possible range, as a range.
+        low_bound = -100.0 if difference else 0.0
+        if math.isfinite(half) and (mean - half < low_bound or mean + half > 100.0):
+            lo, hi = max(mean - half, low_bound), min(mean + half, 100.0)
+            suffix = " pts" if difference else "%"
+            return f"{text} [{_fixed(lo, d, signed=difference)}, {_fixed(hi, d, signed=difference)}{suffix}]"
     if math.isfinite(half):
         text += f" ± {_fixed(half, d)}"
     return text

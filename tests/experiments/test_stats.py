@@ -65,3 +65,12 @@ def test_fewer_than_three_seeds_are_warned_about() -> None:
     assert two is not None and "very wide" in two and "t = 12.7" in two and "seeds>=5" in two
     one = few_seeds_warning(1, "evaluation")
     assert one is not None and "this evaluation has 1 seed" in one
+
+
+def test_share_intervals_never_reach_past_the_possible_range() -> None:
+    # Two seeds: t = 12.7 makes "SLO 75% ± 250" out of any spread; a share lies in [0, 100%].
+    assert format_estimate(Estimate(0.75, 2.5, 2), "slo_attainment") == "75% [0, 100%]"
+    assert format_estimate(Estimate(0.02, 0.05, 3), "drop_rate") == "2.0% [0.0, 7.0%]"
+    assert format_estimate(Estimate(0.9, 0.5, 2), "slo_attainment", True) == "+90 pts [+40, +100 pts]"
+    assert format_estimate(Estimate(0.9353, 0.0024, 5), "slo_attainment") == "93.53% ± 0.24"  # inside: unchanged
+    assert format_estimate(Estimate(12.0, 30.0, 2), "latency_p95_s") == "12 ± 30"  # not a share: unchanged
