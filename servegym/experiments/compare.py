@@ -85,6 +85,7 @@ from servegym.experiments.evaluate import (
     KPI_COLUMNS,
     PolicyResult,
     _controller,
+    decisions_of,
     simulate,
 )
 from servegym.experiments.leaderboard import (
@@ -502,6 +503,25 @@ def _shifted(scenario: ScenarioConfig, c: Mapping[str, Any], base_dir: str | Pat
     return shifted_scenarios(scenario, shifts, replay)
 
 
+def _row_decisions(spec: str, env_id: str, scenario: ScenarioConfig, client: MlflowClient) -> dict[str, str]:
+    """Who makes each decision of the row (:func:`~servegym.experiments.evaluate.decisions_of`), trained runs placed.
+
+    A trained scaler or router takes its decision's place; a policy that runs alone in its
+    environment (caching, platform) makes every decision it was trained on.
+    """
+    made = decisions_of(spec, env_id, scenario)
+    ref = made.pop("trained", None)
+    if ref is not None:
+        found = trained_run(ref, client)
+        decision = TRAINED_DECISIONS.get(found.env)
+        if decision is not None:
+            made[decision] = f"trained {found.name}"
+        else:
+            for d in ENV_DECISIONS[found.env.removeprefix("servegym/")] & set(made):
+                made[d] = f"trained {found.name}"
+    return made
+
+
 def _evaluate_job(
     definition: PolicyDef,
     scenario: ScenarioConfig,
@@ -619,6 +639,7 @@ def run_job(
                     },
                     step=0,
                 )
+        decisions = _row_decisions(definition.spec, env_id, scenario, client)
         result = {
             "label": label,
             "policy": job_policy,
@@ -629,9 +650,11 @@ def run_job(
             "kpis": named,
             "telemetry": telemetry,
             "objective": prices.describe(),
+            "decisions": decisions,
             "shifted": shifted_runs,
         }
         client.log_text(run_id, json.dumps(_json_safe(result)), RESULTS)
+        client.set_tag(run_id, "servegym.decisions", json.dumps(decisions))
         client.set_terminated(run_id, "FINISHED")
         return estimate([v["objective_usd"] for v in named]).mean
     except Exception as exc:
@@ -1104,6 +1127,7 @@ def aggregate(
         base = next((label for label, d in by_policy.items() if baseline in (label, d.get("policy"))), None)
         objectives = sorted({str(d.get("objective", "")) for d in by_policy.values()} - {""})
         summary = summarise(scenario, policy_results, kpis, base, gap_kpis, "; ".join(objectives))
+        summary.decisions = {label: dict(d.get("decisions") or {}) for label, d in by_policy.items()}
         summaries.append(summary)
         labels = LABELS | {f"hit_rate_{t}": f"hit {t}" for t in levels}
         report_labels |= labels

@@ -45,6 +45,8 @@ __all__ = [
     "KPI_COLUMNS",
     "PolicyResult",
     "align_columns",
+    "builtin_decisions",
+    "decisions_of",
     "evaluate",
     "format_comparison",
     "format_worst",
@@ -244,6 +246,45 @@ def _shipped_scaler(name: str, params: Mapping[str, Mapping[str, Any]], seed: in
         return controller
 
     return build
+
+
+def builtin_decisions(scenario: ScenarioConfig) -> dict[str, str]:
+    """What the scenario's built-in controller does for each decision, in words (``"builtin static"``)."""
+    control = scenario.control
+    scaling = (
+        f"builtin {control.scaling} (target {control.target_utilisation:g})"
+        if control.scaling == "target_utilisation"
+        else f"builtin static ({scenario.pool.initial_replicas} replicas)"
+    )
+    return {
+        "scaling": scaling,
+        "routing": f"builtin {control.routing}",
+        "admission": "builtin admit to every tier",
+        "threshold": f"builtin fixed {scenario.cache.semantic.threshold:g}",
+    }
+
+
+def decisions_of(spec: str, env_id: str, scenario: ScenarioConfig) -> dict[str, str]:
+    """Who makes each decision ``env_id`` exposes when ``spec`` runs: a named policy, a trained one, or the builtin.
+
+    A row of a comparison is every decision it ran with, including those it left to the
+    scenario's built-in controller: ``oracle_router`` on Platform-v0 also scales, by the
+    scenario's rule, and a table must say so. Trained references (``run:``, ``models:/``)
+    are named as ``trained <ref>`` for the decision they make, when it is known from
+    their environment (a scaler or router), else for the whole row.
+    """
+    allowed = ENV_DECISIONS.get(env_id.removeprefix("servegym/"), frozenset())
+    builtin = builtin_decisions(scenario)
+    made: dict[str, str] = {}
+    for part in spec.split("+"):
+        decision = DECISIONS.get(part)
+        if decision is not None and decision != "none":
+            made[decision] = part
+        elif part.startswith(("run:", "models:/")):
+            made.setdefault("trained", part)
+    return {d: made.get(d, builtin[d]) for d in ("scaling", "routing", "admission", "threshold") if d in allowed} | (
+        {"trained": made["trained"]} if "trained" in made else {}
+    )
 
 
 def run_policy(

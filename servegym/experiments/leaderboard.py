@@ -146,6 +146,29 @@ class ScenarioSummary:
     worst: dict[str, dict[str, str]] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     objective: str = ""
+    decisions: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per policy, who made each decision (a named policy, a trained one, or the scenario's builtin)."""
+
+    def mixed(self) -> list[str]:
+        """A sentence for each row that differs from the baseline in more than one decision.
+
+        Its differences then mix the effects of several decisions (``oracle_router`` on
+        Platform-v0 also scales by the scenario's own rule while a static baseline holds its
+        pool): a comparison is about one decision at a time unless it says otherwise.
+        """
+        base = self.decisions.get(self.baseline)
+        if not base:
+            return []
+        out = []
+        for p in self.policies:
+            row = self.decisions.get(p)
+            if p == self.baseline or not row:
+                continue
+            differ = [d for d in base if row.get(d) != base.get(d)]
+            if len(differ) > 1:
+                what = "; ".join(f"{d}: {row.get(d)} vs {base.get(d)}" for d in differ)
+                out.append(f"{p} differs from {self.baseline} in {len(differ)} decisions ({what})")
+        return out
 
 
 def summarise(
@@ -267,7 +290,19 @@ def format_summary(summary: ScenarioSummary, labels: Mapping[str, str] | None = 
         lines += align_columns(rows)
     if summary.flags:
         lines += ["", f"far outside the baseline ({summary.baseline}):", *(f"  ! {f}" for f in summary.flags)]
+    if summary.decisions:
+        names = sorted({d for row in summary.decisions.values() for d in row}, key=DECISION_ORDER.index)
+        rows = [["who decides", *names]]
+        rows += [[p, *(summary.decisions.get(p, {}).get(d, "-") for d in names)] for p in summary.policies]
+        lines += ["", *align_columns(rows)]
+        mixed = summary.mixed()
+        if mixed:
+            lines += ["rows whose differences mix decisions:", *(f"  ~ {m}" for m in mixed)]
     return "\n".join(lines)
+
+
+DECISION_ORDER = ("scaling", "routing", "admission", "threshold", "trained")
+"""The order of the decision columns in the "who decides" table."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from servegym.experiments.leaderboard import (
+    DECISION_ORDER,
     WORST_KPIS,
     HoldoutCheck,
     ScenarioSummary,
@@ -79,6 +80,18 @@ def _scenario_section(s: ScenarioSummary, labels: Mapping[str, str], higher: set
         out.append(f"<h3 class='failed'>far outside the baseline ({html.escape(s.baseline)})</h3><ul>")
         out += [f"<li class='failed'>{html.escape(f)}</li>" for f in s.flags]
         out.append("</ul>")
+    if s.decisions:
+        names = [d for d in DECISION_ORDER if any(d in row for row in s.decisions.values())]
+        out.append("<h3>who decides</h3><table><tr><th>policy</th>")
+        out[-1] += "".join(f"<th>{html.escape(d)}</th>" for d in names) + "</tr>"
+        for p in s.policies:
+            cells = "".join(f"<td>{html.escape(s.decisions.get(p, {}).get(d, '-'))}</td>" for d in names)
+            out.append(f"<tr><td>{html.escape(p)}</td>{cells}</tr>")
+        out.append("</table>")
+        mixed = s.mixed()
+        if mixed:
+            out.append("<p class='warning'>rows whose differences mix decisions:<br>")
+            out.append("<br>".join(html.escape(m) for m in mixed) + "</p>")
     if s.differences:
         out.append(
             f"<h3>paired differences against {html.escape(s.baseline)}</h3>"

@@ -76,6 +76,16 @@ def test_comparison_runs_through_joblib_with_two_workers(
     # oracle_router is a privileged heuristic, not a proven bound: named as an oracle, no gap to it.
     assert "oracle_router * (oracle)" in table or "oracle_router (oracle)" in table
     assert "baseline-to-oracle gap" not in table
+    # Every row names every decision, those it inherited too, and rows that change two at once are named.
+    assert "who decides" in table and "builtin target_utilisation (target 0.7)" in table
+    assert (
+        "oracle_router differs from static+round_robin in 2 decisions (scaling: builtin target_utilisation "
+        "(target 0.7) vs static; routing: oracle_router vs round_robin)" in table
+    )
+    tagged = json.loads(
+        next(c for c in children if c.data.tags["servegym.policy"] == "oracle_router").data.tags["servegym.decisions"]
+    )
+    assert tagged["routing"] == "oracle_router" and tagged["scaling"].startswith("builtin")
     # Two seeds: the intervals are very wide, and the table, the report and stderr say so.
     assert table.startswith("warning: this comparison has only 2 seeds") and "seeds>=5" in table
     html = (out / "report.html").read_text()
