@@ -87,6 +87,12 @@ CASES = [
     Case("astronomically long run", {}, ["--duration", "1e12"], "more than one run may simulate"),
     Case("astronomical rate", {}, ["workload.rate_rps=1e12"], "workload.rate_rps = 1e+12 means about"),
     Case("null duration without a trace", {}, ["duration_s=null"], "duration_s = None is invalid"),
+    Case(
+        "a tiny rate for eons",
+        {},
+        ["--duration", "1e13", "workload.rate_rps=1e-7"],
+        "6.667e+11 control intervals, more than one run may simulate",
+    ),
     # -- traces ------------------------------------------------------------------------------------
     Case("directory as a trace", {"t/keep": b""}, _trace_args("t"), "t is a directory, not a trace file"),
     Case(
@@ -113,6 +119,21 @@ CASES = [
         {"t.jsonl": b'{"timestamp": 0, "input_length": 99999999999, "output_length": 5, "hash_ids": []}\n'},
         _trace_args("t.jsonl", "mooncake"),
         "t.jsonl, line 1: input_length 99,999,999,999 is more tokens than any model takes",
+    ),
+    Case(
+        "mooncake: a timestamp gap of 30,000 years",
+        {
+            "t.jsonl": b'{"timestamp": 0, "input_length": 5, "output_length": 5, "hash_ids": []}\n'
+            b'{"timestamp": 1e15, "input_length": 5, "output_length": 5, "hash_ids": []}\n'
+        },
+        _trace_args("t.jsonl", "mooncake"),
+        "the trace's last request comes 2.5e+11 s in",
+    ),
+    Case(
+        "a time of 1e300 s",
+        {"t.csv": PLAIN_HEADER + b"0,5,5\n1e300,5,5\n"},
+        _trace_args("t.csv"),
+        "is a timestamp corrupt?",
     ),
     # -- options -----------------------------------------------------------------------------------
     Case("negative --max-spans", {}, ["--max-spans", "-5"], "argument --max-spans: -5 is invalid"),

@@ -10,7 +10,8 @@ since the previous step, in US dollars: ``-(cost_weight * usd + slo_weight *
 slo_violations + quality_weight * bad_answers + drop_weight * drops)``, where ``usd`` is
 everything billed in between (replicas, tokens, storage), ``slo_violations`` counts
 finished requests that missed their tenant's SLO (drops included), ``bad_answers``
-completed requests with a wrong answer and ``drops`` requests dropped or failed. The
+completed requests with a wrong answer and ``drops`` requests dropped or failed (and, on
+the last step, those still in flight at the horizon, unserved in time). The
 weights say what one violation, bad answer or drop is worth in dollars; left unset they
 are the scenario's objective prices (``scenario.objective``), so an episode's return is
 minus the objective that ``servegym evaluate`` and ``compare`` rank by.
@@ -202,14 +203,19 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         self._decision = self.platform.step_to_decision()
         return self._decision
 
-    def _reward(self) -> float:
+    def _reward(self, done: bool = False) -> float:
         p = self.platform
         usd = p.cost_usd()
         bad = p.completed - p.good_answers
         last_usd, last_slo, last_bad, last_drops = self._totals
         self._totals = (usd, p.slo_violations, bad, p.dropped)
         return -self.prices.usd(
-            self.cost_weight * (usd - last_usd), p.slo_violations - last_slo, bad - last_bad, p.dropped - last_drops
+            self.cost_weight * (usd - last_usd),
+            p.slo_violations - last_slo,
+            bad - last_bad,
+            p.dropped - last_drops,
+            # At the horizon, requests still queued or in service were not served in time: priced as drops.
+            p.in_flight() if done else 0,
         )
 
     def _info(self, done: bool) -> dict[str, Any]:
@@ -265,7 +271,7 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
             self._actions.append(action)
         decision = self._decision = platform.step_to_decision()
         done = decision is None
-        reward = self._reward()
+        reward = self._reward(done)
         # The scenario's horizon is a time limit, not a terminal state: truncation.
         return self._observe(decision), reward, False, done, self._info(done)
 

@@ -508,9 +508,11 @@ class ObjectiveConfig:
     """What one run is worth, in US dollars: the one number every verdict minimises.
 
     ``objective = cost + slo_miss_usd * SLO misses + bad_answer_usd * bad answers +
-    drop_usd * (dropped + failed requests)``, where cost is everything billed (replicas,
-    tokens, cache storage), an SLO miss is a finished request outside its tenant's SLO
-    (drops and failures included) and a bad answer a completed request answered wrongly.
+    drop_usd * (dropped requests, failures included, + requests unfinished at the end)``,
+    where cost is everything billed (replicas, tokens, cache storage), an SLO miss is a
+    finished request outside its tenant's SLO (drops and failures included) and a bad
+    answer a completed request answered wrongly. A request still queued or in service when
+    the run ends is priced as a drop: no policy gains by pushing work past the horizon.
     Environment rewards (their negative, step by step), ``servegym evaluate``, ``compare``,
     the leaderboard, tuning and the headline benchmark all compute it through
     :mod:`servegym.sim.objective`.
@@ -521,7 +523,8 @@ class ObjectiveConfig:
     scenario: one cent more than the most that serving any one request can cost — its
     largest possible prompt and output (the tenants' token caps, or a replayed trace's
     largest row) at the most expensive backend's prices, a slot held for the longest
-    backend timeout, and a bad answer. Dropping is then strictly worse than serving at the
+    backend timeout, its answer stored in every billed cache tier for as long as it can
+    stay, and a bad answer. Dropping is then strictly worse than serving at the
     most expensive backend, for every request. Set a number to price drops yourself.
     """
 
@@ -720,14 +723,27 @@ def expected_requests(scenario: ScenarioConfig, trace: Trace | None = None) -> f
     return rate * duration + crowds
 
 
+MAX_RUN_INTERVALS = 10_000_000
+"""The most control intervals one run may have: a decision and a record each, so a long run at
+a tiny rate (1e13 s at 1e-7 requests/s) is as hopeless as a huge rate."""
+
+
 def check_run_size(scenario: ScenarioConfig, trace: Trace | None = None) -> None:
-    """Refuse a run expected to simulate more than :data:`MAX_RUN_REQUESTS` requests, naming what sets its size."""
+    """Refuse a run expected to simulate more than :data:`MAX_RUN_REQUESTS` requests or
+    :data:`MAX_RUN_INTERVALS` control intervals, naming what sets its size."""
+    intervals = scenario.duration_s / scenario.control.interval_s
+    if intervals > MAX_RUN_INTERVALS:
+        raise ConfigError(
+            f"duration_s = {scenario.duration_s:g} with control.interval_s = {scenario.control.interval_s:g} means "
+            f"{intervals:.4g} control intervals, more than one run may simulate ({MAX_RUN_INTERVALS:,}); "
+            "shorten duration_s or lengthen the interval"
+        )
     n = expected_requests(scenario, trace)
     if n > MAX_RUN_REQUESTS:
         w = scenario.workload
         sized_by = "the trace's length" if w.kind == "trace" else f"workload.rate_rps = {w.rate_rps:g}"
         raise ConfigError(
-            f"duration_s = {scenario.duration_s:g} with {sized_by} means about {n:,.0f} requests, more than one run "
+            f"duration_s = {scenario.duration_s:g} with {sized_by} means about {n:.4g} requests, more than one run "
             f"may simulate ({MAX_RUN_REQUESTS:,}: hours of simulation and tens of GB of request records); "
             "shorten duration_s or lower the rate"
         )
@@ -755,9 +771,16 @@ def trace_duration_s(scenario: ScenarioConfig) -> float:
         raise ConfigError(f"workload.trace_path: {exc}") from None
     last_s = trace.last_arrival_s / workload.trace_speedup
     interval = scenario.control.interval_s
-    duration = (math.floor(last_s / interval) + 1) * interval
-    while duration <= last_s:  # guards the rounding of the division above
-        duration += interval
+    if last_s / interval >= MAX_RUN_INTERVALS:
+        raise ConfigError(
+            f"workload.trace_path: the trace's last request comes {last_s:.4g} s in (at trace_speedup "
+            f"{workload.trace_speedup:g}): {last_s / interval:.4g} control intervals of {interval:g} s, more than one "
+            f"run may simulate ({MAX_RUN_INTERVALS:,}); is a timestamp corrupt?"
+        )
+    intervals = math.floor(last_s / interval) + 1
+    duration = intervals * interval
+    if duration <= last_s:  # the division rounded down
+        duration = (intervals + 1) * interval
     return float(duration)
 
 

@@ -715,7 +715,9 @@ class Platform:
         )
 
     def objective_usd(self) -> float:
-        """The objective so far (:mod:`servegym.sim.objective`): cost plus the prices of misses, bad answers, drops."""
+        """The objective of what has finished so far (:mod:`servegym.sim.objective`): cost plus the prices of
+        misses, bad answers and drops. It never decreases; the run's objective (``kpis()["all"]["objective_usd"]``)
+        adds the requests still in flight at the end, priced as drops."""
         return self.prices.usd(self.cost_usd(), self.slo_violations, self.completed - self.good_answers, self.dropped)
 
 
