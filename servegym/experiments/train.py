@@ -952,9 +952,7 @@ CHECKPOINT_TAG = "servegym.checkpoint_sha256"
 
 
 def _file_hashes(directory: Path) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()
-    }
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def _download_checkpoint(client: MlflowClient, run_id: str, into: Path) -> Path:
