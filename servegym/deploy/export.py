@@ -384,11 +384,19 @@ _PYCACHE = "__pycache__"  # importing servegym_runtime from the bundle directory
 
 
 def _is_bundle_spec(path: Path) -> bool:
+    return _bundle_listing(path) is not None
+
+
+def _bundle_listing(path: Path) -> dict[str, str] | None:
+    """The sha256 by file name a bundle's ``spec.json`` records, or None if ``path`` is no bundle spec."""
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(spec, dict) and spec.get("format") == runtime.FORMAT
+        return None
+    if not (isinstance(spec, dict) and spec.get("format") == runtime.FORMAT):
+        return None
+    files = spec.get("files")
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
 
 
 def _runtime_bytecode(path: Path) -> bool:
@@ -426,16 +434,30 @@ def check_out_dir(out: str | Path, overwrite: bool = False) -> list[Path]:
     ]
     others = [p.name for p in present if p not in ours]
     spec = target / runtime.SPEC_FILE
-    if spec in ours and not _is_bundle_spec(spec):
+    listing = _bundle_listing(spec) if spec in ours else None
+    if spec in ours and listing is None:
         others.insert(0, runtime.SPEC_FILE)
         ours.remove(spec)
+    elif listing is not None:
+        # A bundle-named file is servegym's only as the spec recorded it: a user's own weights.npz or
+        # policy.onnx dropped beside a bundle (or a bundle file edited since) is not ours to delete.
+        foreign = [
+            p
+            for p in ours
+            if p.name in BUNDLE_FILES
+            and p != spec
+            and (p.name not in listing or runtime.file_sha256(p) != listing[p.name])
+        ]
+        others = [p.name for p in foreign] + others
+        ours = [p for p in ours if p not in foreign]
     elif any(p.name in BUNDLE_FILES for p in ours) and spec not in ours:
         # bundle-named files without a bundle's spec could be anybody's weights.npz
         others = [p.name for p in ours if p.name in BUNDLE_FILES] + others
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ExportError(
-            f"out={target} holds {shown}, which servegym did not export there; overwrite=true only replaces a "
+            f"out={target} holds {shown}, which servegym did not export there (or which changed since); "
+            "overwrite=true only replaces a "
             "bundle that servegym wrote: choose a new or empty directory"
         )
     if spec not in ours:  # only bytecode or an interrupted export's leftovers: nothing to overwrite

@@ -182,3 +182,22 @@ def test_exporting_a_run_whose_artifact_is_crafted_runs_nothing(store: str, tmp_
         export_source(run.info.run_id, tmp_path / "b")
     assert not marker.exists()
     assert not (tmp_path / "b").exists()
+
+
+def test_overwrite_keeps_a_users_files_named_like_a_bundles(tmp_path: Path) -> None:
+    # A spec.json from servegym does not make every weights.npz or policy.onnx beside it servegym's:
+    # only the files that spec records, with the hashes it records, may be replaced.
+    out = tmp_path / "b"
+    export_source("heuristic:hpa", out)  # a heuristic bundle: no weights.npz, no policy.onnx
+    (out / "weights.npz").write_text("mine")
+    (out / "policy.onnx").write_text("mine too")
+    with pytest.raises(ExportError, match=r"holds policy\.onnx, weights\.npz, which servegym did not export there"):
+        export_source("heuristic:hpa", out, overwrite=True)
+    assert (out / "weights.npz").read_text() == "mine" and (out / "policy.onnx").read_text() == "mine too"
+    # An edited bundle file is no longer what servegym wrote either.
+    (out / "weights.npz").unlink()
+    (out / "policy.onnx").unlink()
+    (out / runtime.RUNTIME_FILE).write_text("# edited by hand\n")
+    with pytest.raises(ExportError, match=r"holds servegym_runtime\.py, which servegym did not export there"):
+        export_source("heuristic:hpa", out, overwrite=True)
+    assert (out / runtime.RUNTIME_FILE).read_text() == "# edited by hand\n"
