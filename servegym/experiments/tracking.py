@@ -210,6 +210,12 @@ def check_store(uri: str, what: str = "tracking.uri") -> None:
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
         return
+    if scheme in ("", "file"):
+        # MLflow 3 keeps its file store in maintenance mode: opening one ends in a long traceback.
+        raise UnusableTrackingStoreError(
+            f"{what} = {_without_password(uri)!r} is a directory store (file:), which this MLflow no longer opens; "
+            f"use a database: {what}=sqlite:////absolute/path/mlflow.db (or an http(s) tracking server)"
+        )
     try:
         _tracking_store_registry.get_store_builder(uri)  # type: ignore[no-untyped-call]
     except (UnsupportedModelRegistryStoreURIException, MlflowException):  # postgresqlx:// is the latter
