@@ -118,6 +118,7 @@ from servegym.sim.config import (
     apply_overrides,
     scenario_from_dict,
 )
+from servegym.sim.objective import prices_of
 from servegym.sim.platform import Platform
 from servegym.sim.telemetry import COMPLETED, intervals_to_columns
 from servegym.sim.workload import TraceError
@@ -612,8 +613,9 @@ def run_job(
             # The same policy and seeds on shifted workloads: a policy that only fits its own workload shows.
             for shift, shifted in _shifted(scenario, c, base_dir).items():
                 shifted_named, _, _ = _evaluate_job(definition, shifted, c, seeds, client, Path(tmp) / shift)
-                shifted_runs[shift] = {"kpis": shifted_named}
-        prices = Platform(scenario, seed=int(seeds[0])).prices
+                # a replayed trace derives its own drop price (its largest row): its tables say so
+                shifted_runs[shift] = {"kpis": shifted_named, "objective": prices_of(shifted).describe()}
+        prices = prices_of(scenario)
         client.log_batch(run_id, params=[_param(k, repr(v)) for k, v in prices.params().items()])
         logged = [
             *TABLE_KPIS,
@@ -1014,7 +1016,10 @@ def _holdout_checks(
         scored = [
             (estimate([v.get("objective_usd", math.nan) for v in d["kpis"]]).mean, lbl) for lbl, d in by_label.items()
         ]
-        scored = [(score, lbl) for score, lbl in scored if math.isfinite(score)]
+        # an oracle is a reference, not a candidate to deploy: the pick is among the policies
+        scored = [
+            (score, lbl) for score, lbl in scored if math.isfinite(score) and not is_oracle(by_label[lbl]["spec"])
+        ]
         if not scored:
             continue
         best = min(scored)[1]
@@ -1055,6 +1060,7 @@ def _add_shifted(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dic
                     **data,
                     "scenario": name,
                     "kpis": runs["kpis"],
+                    "objective": runs.get("objective", data.get("objective")),
                     "telemetry": None,
                     "shifted": {},
                 }

@@ -35,7 +35,7 @@ from servegym.policies import (
     scaling_kwargs,
 )
 from servegym.sim.config import ScenarioConfig
-from servegym.sim.objective import Prices
+from servegym.sim.objective import Prices, prices_of
 from servegym.sim.oracles import ClairvoyantScaler, ControllerFactory, OracleRouter
 from servegym.sim.platform import Controller, Platform
 
@@ -335,9 +335,10 @@ def evaluate(
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
     results = []
+    prices = prices_of(scenario)
     for spec in policies:
-        platforms = [simulate(spec, env_id, scenario, s, params) for s in seeds]
-        results.append(PolicyResult(spec, tuple(seeds), tuple(p.kpis()["all"] for p in platforms), platforms[0].prices))
+        kpis = tuple(simulate(spec, env_id, scenario, s, params).kpis()["all"] for s in seeds)
+        results.append(PolicyResult(spec, tuple(seeds), kpis, prices))
     warning = few_seeds_warning(len(seeds), "evaluation")
     if warning and results and not sys.stdout.isatty():
         print(f"servegym evaluate: {warning}", file=sys.stderr)
@@ -387,7 +388,7 @@ def format_comparison(results: Sequence[PolicyResult], baseline: str | None = No
         flags = [
             flag
             for r in results
-            if r is not base
+            if r is not base and not any(part in ORACLES for part in r.policy.split("+"))
             for flag in outlier_flags(r.policy, r.kpis, base.policy, base.kpis, r.seeds)
         ]
         if flags:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from servegym.sim.config import FlashCrowd, ScenarioConfig, TraceSchema, trace_duration_s
+from servegym.sim.config import FlashCrowd, ScenarioConfig, TraceSchema, expected_requests, trace_duration_s
 from servegym.sim.workload import Trace, TraceError, load_trace
 
 __all__ = [
@@ -79,7 +79,7 @@ def shifted_scenarios(
     ``higher_load`` multiplies every arrival rate (a trace's speed-up) by
     :data:`LOAD_FACTOR`; ``burstier`` doubles a Gamma process's coefficient of variation,
     or adds a flash crowd (three times the rate for a tenth of the run, from 40% of it) to
-    the Poisson-family processes, and does not apply to a trace. The platform, prices and
+    the Poisson-family processes, and does not apply to a trace. The platform, objective and
     seeds are the scenario's own, so results pair with the unshifted run seed by seed.
     """
     unknown = sorted(set(shifts) - set(SHIFTS))
@@ -148,21 +148,14 @@ def mean_rate_rps(scenario: ScenarioConfig, trace: Trace | None = None) -> float
         arrival = trace.arrival_s / w.trace_speedup
         within = int((arrival < duration).sum())
         return within / min(duration, max(float(arrival[-1]), 1e-9))
-    if w.kind == "mmpp":
-        calm = w.mean_calm_s / (w.mean_calm_s + w.mean_burst_s)
-        rate = calm * w.rate_rps + (1.0 - calm) * w.burst_rate_rps
-    else:
-        rate = w.rate_rps
-    for crowd in w.flash_crowds:
-        inside = max(0.0, min(crowd.start_s + crowd.duration_s, duration) - crowd.start_s)
-        rate += rate * (crowd.multiplier - 1.0) * inside / duration
-    return rate
+    return expected_requests(scenario) / duration
 
 
 def trace_shift(scenario: ScenarioConfig, trace_path: str | Path, schema: str = "azure") -> ScenarioConfig:
     """``scenario`` with its arrivals and token lengths replayed from a recorded trace: the ``trace`` shift.
 
-    The platform, tenants, prices and seeds stay the scenario's; the trace is sped up (or
+    The platform, tenants, objective settings and seeds stay the scenario's (a derived drop
+    price then follows the trace's largest row, as for any replay); the trace is sped up (or
     slowed down) to the scenario's mean arrival rate (:func:`mean_rate_rps`), so the shift
     is in the pattern of arrivals and in the token lengths, not in the load. The run ends
     with the trace (at the next control interval after its last request) when that comes

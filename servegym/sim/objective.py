@@ -23,7 +23,7 @@ import numpy as np
 
 from servegym.sim.config import ScenarioConfig
 
-__all__ = ["Prices", "max_serve_usd", "objective_usd", "resolve_prices"]
+__all__ = ["Prices", "max_serve_usd", "objective_usd", "prices_of", "resolve_prices"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,17 @@ def resolve_prices(
     bound = max_serve_usd(scenario, prompt, output)
     drop = (math.floor(bound * 100.0) + 1) / 100.0
     return Prices(objective.slo_miss_usd, objective.bad_answer_usd, drop, drop_derived=True)
+
+
+def prices_of(scenario: ScenarioConfig) -> Prices:
+    """The prices a run of ``scenario`` uses, as :class:`~servegym.sim.platform.Platform` resolves them."""
+    w = scenario.workload
+    if w.kind != "trace" or w.trace_path is None:
+        return resolve_prices(scenario)
+    from servegym.sim.workload import load_trace  # workload's import chain reaches this module
+
+    trace = load_trace(w.trace_path, w.trace_schema)
+    return resolve_prices(scenario, trace.prompt_tokens, trace.output_tokens)
 
 
 def objective_usd(kpis: Mapping[str, float], prices: Prices) -> float:
