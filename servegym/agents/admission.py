@@ -41,6 +41,7 @@ from sklearn.ensemble import GradientBoostingClassifier  # type: ignore[import-u
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped, unused-ignore]
 
 from servegym.agents.io import layout_from_json, layout_to_json, load_joblib
+from servegym.agents.seeds import training_seed
 from servegym.envs.features import Layout
 from servegym.policies.base import Policy, checked_observation, require_features
 
@@ -239,7 +240,7 @@ class AdmissionLearner:
                 features.append(np.asarray(rows))
                 labels.append(reuse_labels(base.platform.requests.frame(), np.asarray(inserts)))
 
-        obs, _ = env.reset(seed=seed)
+        obs, _ = env.reset(seed=training_seed(seed))
         rows: list[np.ndarray] = []
         inserts: list[int] = []
         for _ in range(total_timesteps):

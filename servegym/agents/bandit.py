@@ -43,6 +43,7 @@ import gymnasium as gym
 import numpy as np
 
 from servegym.agents.io import layout_from_json, layout_to_json
+from servegym.agents.seeds import training_seed
 from servegym.envs.features import Layout
 from servegym.policies.base import checked_observation, require_features
 from servegym.sim.telemetry import COMPLETED, IN_FLIGHT
@@ -260,7 +261,7 @@ class BanditRouterLearner:
             rewards.clear()
             routes[:] = 0
 
-        obs, _ = env.reset(seed=seed)
+        obs, _ = env.reset(seed=training_seed(seed))
         waiting: list[tuple[int, int, np.ndarray]] = []  # (request, backend, observation)
         for step in range(1, total_timesteps + 1):
             request = base.platform.pending[0].request

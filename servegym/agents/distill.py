@@ -43,6 +43,7 @@ from sklearn.tree import (  # type: ignore[import-untyped, unused-ignore]
 )
 
 from servegym.agents.io import layout_from_json, layout_to_json, load_joblib
+from servegym.agents.seeds import training_seed
 from servegym.envs.features import Layout
 from servegym.policies.base import Policy, checked_observation
 
@@ -208,7 +209,7 @@ class DistillationLearner:
                 f"{type(self).__name__}: total_timesteps = {total_timesteps} is too small for "
                 f"{self.dagger_rounds} rounds of at least 2 steps"
             )
-        obs, _ = env.reset(seed=seed)
+        obs, _ = env.reset(seed=training_seed(seed))
         self.teacher.reset()
         state: dict[str, Any] = {"obs": obs}
         X, Y = self._rollout(env, None, per_round, state)

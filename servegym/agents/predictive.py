@@ -38,6 +38,7 @@ import numpy as np
 
 from servegym.agents.forecast import Forecast, WorkloadForecaster
 from servegym.agents.io import layout_from_json, layout_to_json
+from servegym.agents.seeds import training_seed
 from servegym.envs.features import Layout
 from servegym.policies.base import require_features
 from servegym.policies.scaling import HPA, ScalingPolicy, scaling_kwargs
@@ -240,7 +241,7 @@ class PredictiveAutoscalerLearner:
         times: list[list[float]] = []
         busy_total = arrivals_total = 0.0
         steps = 0
-        obs, info = env.reset(seed=seed)
+        obs, info = env.reset(seed=training_seed(seed))
         while True:
             hpa.reset()
             rates.append([])

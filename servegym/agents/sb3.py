@@ -57,6 +57,7 @@ from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 from servegym.agents.io import PolicyLoadError, layout_from_json, layout_to_json
+from servegym.agents.seeds import training_seed
 from servegym.envs.features import Layout
 from servegym.sim.config import ConfigError
 
@@ -227,7 +228,7 @@ def make_vec_env(
     algo: str,
     subprocess: bool = False,
 ) -> VecEnv:
-    """``n_envs`` copies of ``env_id`` as an SB3 VecEnv, seeded ``seed, seed + 1, ...``.
+    """``n_envs`` copies of ``env_id`` as an SB3 VecEnv, seeded from :func:`training_seed` (``seed``) on.
 
     Each copy is wrapped in ``Monitor`` (episode returns for SB3's logs) and, for SAC on a
     discrete environment, in :class:`DiscreteAsBox`.
@@ -240,15 +241,16 @@ def make_vec_env(
             if algo == "sac" and isinstance(env.action_space, spaces.Discrete):
                 env = DiscreteAsBox(env)
             env = Monitor(env)
-            env.reset(seed=seed + rank)
+            env.reset(seed=training_seed(seed) + rank)
             return env
 
         return make
 
     fns = [factory(i) for i in range(n_envs)]
     venv: VecEnv = SubprocVecEnv(fns) if subprocess and n_envs > 1 else DummyVecEnv(fns)
-    venv.seed(seed)
+    venv.seed(training_seed(seed))
     return venv
+
 
 
 def build_model(

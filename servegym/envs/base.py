@@ -236,7 +236,8 @@ class PlatformEnv(gym.Env[np.ndarray, Any]):
         # `servegym evaluate --seeds s`, compare's seeds and train's eval_seeds do, so an
         # env-based and a CLI evaluation pair on common random numbers. Later resets
         # without a seed draw the next episode's seed from the env's own generator.
-        self._platform_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
+        # (drawn far above the small seeds evaluations use, so an unseeded episode never replays one)
+        self._platform_seed = int(seed) if seed is not None else int(self.np_random.integers(2**48, 2**62))
         self.platform = self._new_platform(self._platform_seed)
         self._actions = []
         self._totals = (0.0, 0, 0, 0)

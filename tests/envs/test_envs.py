@@ -337,3 +337,22 @@ def test_reset_seed_pairs_with_evaluate_seeds(env_id: str) -> None:
     assert len(ours["arrival_s"]) == len(theirs["arrival_s"]) > 0
     for name in columns:
         assert np.array_equal(ours[name], theirs[name]), name
+
+
+def test_training_never_simulates_an_evaluation_seed() -> None:
+    # reset(seed=s) simulates platform seed s, so training must draw its own seeds (issue 13's review):
+    # train seed=0 with 4 envs once trained on the requests of evaluation seeds 0-3.
+    from servegym.agents.sb3 import make_vec_env
+    from servegym.agents.seeds import TRAINING_SEEDS
+
+    venv = make_vec_env("servegym/Autoscaling-v0", dict(SHORT), 4, 0, "ppo")
+    try:
+        venv.reset()
+        seeds = [e.unwrapped.platform.seed for e in venv.envs]  # type: ignore[attr-defined]
+        assert all(s >= TRAINING_SEEDS for s in seeds) and len(set(seeds)) == 4
+    finally:
+        venv.close()
+    env = make("servegym/Autoscaling-v0")
+    env.reset(seed=3)
+    env.reset()  # an unseeded episode draws its seed far from the small ones evaluations use
+    assert env.unwrapped.platform.seed >= 2**48
