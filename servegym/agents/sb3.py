@@ -252,7 +252,6 @@ def make_vec_env(
     return venv
 
 
-
 def build_model(
     algo: str,
     venv: VecEnv,
