@@ -120,7 +120,7 @@ from servegym.sim.config import (
 )
 from servegym.sim.objective import prices_of
 from servegym.sim.platform import Platform
-from servegym.sim.telemetry import COMPLETED, intervals_to_columns
+from servegym.sim.telemetry import COMPLETED, intervals_to_columns, trace_summary
 from servegym.sim.workload import TraceError
 
 __all__ = [
@@ -1132,6 +1132,9 @@ def aggregate(
         # the baseline as written (a spec such as run:<id>), whatever label the tables give it
         base = next((label for label, d in by_policy.items() if baseline in (label, d.get("policy"))), None)
         objectives = sorted({str(d.get("objective", "")) for d in by_policy.values()} - {""})
+        replay = next((k for d in by_policy.values() for k in d["kpis"][:1] if "trace_requests" in k), None)
+        if replay is not None:  # every policy replays the same requests: one line says how much of the trace
+            objectives.append(trace_summary(replay))
         summary = summarise(scenario, policy_results, kpis, base, gap_kpis, "; ".join(objectives))
         summary.decisions = {label: dict(d.get("decisions") or {}) for label, d in by_policy.items()}
         summaries.append(summary)

@@ -38,6 +38,7 @@ from servegym.sim.config import ScenarioConfig
 from servegym.sim.objective import Prices, prices_of
 from servegym.sim.oracles import ClairvoyantScaler, ControllerFactory, OracleRouter
 from servegym.sim.platform import Controller, Platform
+from servegym.sim.telemetry import trace_summary
 
 __all__ = [
     "DECISIONS",
@@ -370,6 +371,9 @@ def format_comparison(results: Sequence[PolicyResult], baseline: str | None = No
     prices = next((r.prices for r in results if r.prices is not None), None)
     if prices is not None:
         lines.insert(0, prices.describe())
+    replay = results[0].kpis[0] if results and results[0].kpis else {}
+    if "trace_requests" in replay:  # a replay that ends before its trace says how much of it ran
+        lines.insert(0, trace_summary(replay))
     warning = few_seeds_warning(n, "evaluation")
     if warning and results:
         lines.insert(0, warning)
