@@ -54,7 +54,7 @@ class AutoscalingEnv(PlatformEnv):
     ## Rewards
     Minus the objective of the interval (:mod:`servegym.sim.objective`): the dollars spent
     (replicas, tokens, storage) plus ``slo_weight`` per request that missed its SLO,
-    ``quality_weight`` per bad answer and ``drop_weight`` per dropped or failed request
+    ``quality_weight`` per bad answer and ``drop_weight`` per request dropped, failed or (at the end) unfinished
     (see :mod:`servegym.envs.base`). The weights default to the scenario's objective
     prices, so the return is minus the objective ``servegym evaluate`` ranks by.
 

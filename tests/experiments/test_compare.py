@@ -365,7 +365,7 @@ def test_on_a_trace_a_policy_that_drops_ranks_below_hpa_and_is_named(
     rows = [line.split()[0] for line in table.splitlines() if line.startswith(("static", "hpa"))]
     assert rows[:2] == ["hpa", "static"]  # ranked by objective
     assert re.search(r"static drops \d+\.\d% of requests on seed \d \(hpa: at most", table)
-    assert "per dropped or failed request" in table
+    assert "per request dropped, failed or unfinished at the end" in table
 
 
 def test_shifted_workloads_are_scenarios_of_their_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
