@@ -477,6 +477,9 @@ def robustness_shifts(c: Mapping[str, Any], base_dir: str | Path = ".") -> tuple
     a learned policy is the one likely to have fit the workload it was trained on.
     """
     settings = dict(c.get("robustness") or {})
+    unknown = sorted(set(settings) - {"shifts", "trace_path", "trace_schema"})
+    if unknown:
+        raise ConfigError(f"robustness.{unknown[0]}: unknown key; allowed: shifts, trace_path, trace_schema")
     shifts = settings.get("shifts", "auto")
     if shifts == "auto":
         defs, params = c.get("policy_defs") or {}, c.get("params") or {}
