@@ -51,9 +51,10 @@ KPIS = (
     ("cost_usd", "cost $"),
     ("quality", "quality"),
     ("drop_rate", "drops"),
+    ("failure_rate", "failed"),
     ("objective_usd", "objective $"),
 )
-SHARES = ("quality", "drop_rate")
+SHARES = ("quality", "drop_rate", "failure_rate")
 """Shares print in percent and change in percentage points."""
 
 
@@ -211,8 +212,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", default=None, help="keep the sweep (and its MLflow store) in this directory")
     parser.add_argument("--no-learned", action="store_true", help="skip training: the heuristic variants only")
+    parser.add_argument("--table", default=None, help="only print the table of a kept comparison directory")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.table is not None:
+        print_table(Path(args.table))
+        return
     with tempfile.TemporaryDirectory(prefix="servegym-headline-") as tmp:
         out = Path(args.out).resolve() if args.out else Path(tmp)
         overrides = list(args.overrides)
@@ -247,9 +252,17 @@ def main() -> None:
             *extra,
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        rows = list(csv.DictReader((out / "sweep" / "comparison" / "leaderboard.csv").open()))
-        text = (out / "sweep" / "comparison" / "leaderboard.txt").read_text()
-        prices = sorted({line for line in text.splitlines() if line.startswith("objective = ")})
+        print_table(out / "sweep" / "comparison")
+
+
+def print_table(comparison: Path) -> None:
+    """The headline table (markdown) from a comparison's ``leaderboard.csv``, its prices above it.
+
+    ``python benchmarks/headline.py --table <sweep dir>/comparison`` prints it again from a kept run.
+    """
+    rows = list(csv.DictReader((comparison / "leaderboard.csv").open()))
+    text = (comparison / "leaderboard.txt").read_text()
+    prices = sorted({line for line in text.splitlines() if line.startswith("objective = ")})
     table: dict[str, dict[str, dict[str, dict[str, float]]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         table[r["scenario"]][r["policy"]][r["kpi"]] = {
