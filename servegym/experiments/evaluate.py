@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from servegym.envs.features import admission_layout, interval_layout, routing_layout
-from servegym.experiments.robustness import outlier_flags
+from servegym.experiments.robustness import outlier_flags, worst_seed
 from servegym.experiments.stats import Estimate, estimate, few_seeds_warning, format_estimate, paired_difference
 from servegym.policies import (
     ENV_FILLED_ARGUMENTS,
@@ -128,11 +128,7 @@ class PolicyResult:
 
     def worst(self, kpi: str) -> tuple[float, int | None]:
         """The highest per-seed value of ``kpi`` (worst for costs, drops, latency) and its seed."""
-        pairs = [(v, s) for v, s in zip(self.values(kpi), self.seeds, strict=True) if not math.isnan(v)]
-        if not pairs:
-            return math.nan, None
-        value, seed = max(pairs, key=lambda p: p[0])
-        return value, seed
+        return worst_seed(self.kpis, self.seeds, kpi)
 
 
 def _controller(
